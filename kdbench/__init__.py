@@ -1,0 +1,7 @@
+"""kdbench: knowledge-distillation benchmark for 6-DoF camera pose regression."""
+
+__version__ = "0.1.0"
+
+from kdbench.errors import KdbenchError
+
+__all__ = ["KdbenchError", "__version__"]

@@ -1,0 +1,180 @@
+"""Command line: argument parsing only; every command calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kdbench.errors import KdbenchError
+
+
+def _add_data_root(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", default=None, help="folder of scene folders (default: $KDBENCH_DATA or ./datasets)")
+
+
+def _add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_method_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help="override a method hyperparameter, e.g. --set sckd.sigma=50 (repeatable)")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                   help="load KD methods from a Python file (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The kdbench argument parser."""
+    from kdbench import __version__
+
+    parser = argparse.ArgumentParser(prog="kdbench", description="Knowledge-distillation benchmark for camera "
+                                     "pose regression (PoseNet teachers and students).")
+    parser.add_argument("--version", action="version", version=f"kdbench {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    scenes = sub.add_parser("scenes", help="scene catalog, downloads, synthetic scenes")
+    ssub = scenes.add_subparsers(dest="scenes_command", metavar="ACTION", required=True)
+    p = ssub.add_parser("list", help="every scene: family, frame counts, on disk, prepared, size")
+    _add_data_root(p)
+    p = ssub.add_parser("download", help="fetch, verify, unpack and prepare real scenes")
+    p.add_argument("names", nargs="+", help="scene names or groups (cambridge, 7scenes, real)")
+    p.add_argument("--url", default=None, help="download from this URL instead of the catalog's (one scene)")
+    _add_data_root(p)
+    _add_quiet(p)
+    p = ssub.add_parser("synth", help="render an offline synthetic scene in a real dataset layout")
+    p.add_argument("name", help="SynthRoom (7-Scenes layout) or SynthStreet (Cambridge layout)")
+    p.add_argument("--frames", type=int, default=None, help="frames per sequence (default 100; 6 sequences)")
+    p.add_argument("--size", default="160x120", help="image size WxH (default 160x120)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_data_root(p)
+    _add_quiet(p)
+
+    p = sub.add_parser("train", help="train (and evaluate) one teacher or student")
+    p.add_argument("--scene", required=True)
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--method", default="baseline", help="KD method (see `kdbench methods`)")
+    p.add_argument("--teacher", default=None, metavar="CHECKPOINT", help="teacher checkpoint for KD methods")
+    p.add_argument("--preset", default="quick", choices=["quick", "paper"])
+    p.add_argument("--role", default=None, choices=["teacher", "student"],
+                   help="which preset epochs to use (default: student when --teacher is given)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--beta", type=float, default=None, help="quaternion loss weight (default: the scene's)")
+    p.add_argument("--learn-beta", action="store_true", help="Kendall 2017 learned loss weighting")
+    p.add_argument("--weights", default=None, help="imagenet | none | PATH to a state_dict")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="run folder (default: runs/train/<scene>/<arch>-<method>-<hash>)")
+    _add_method_args(p)
+    _add_data_root(p)
+    _add_quiet(p)
+
+    p = sub.add_parser("evaluate", help="evaluate a saved checkpoint on a scene's test split")
+    p.add_argument("checkpoint")
+    p.add_argument("--scene", required=True)
+    p.add_argument("--out", default=None, help="where to write metrics.json and predictions.csv")
+    _add_data_root(p)
+    _add_quiet(p)
+
+    p = sub.add_parser("methods", help="registered KD methods with their hyperparameters")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE")
+
+    p = sub.add_parser("run", help="benchmark methods x scenes x seeds (teachers first), then print leaderboard")
+    p.add_argument("--methods", default="all", help="all, or a comma-separated list")
+    p.add_argument("--scenes", default="synthetic", help="scene names or groups, comma-separated")
+    p.add_argument("--seeds", default="1", help="a count (3) or a list (0,1,2)")
+    p.add_argument("--teacher-arch", default="resnet34")
+    p.add_argument("--student-arch", default="resnet18")
+    p.add_argument("--preset", default="quick", choices=["quick", "paper"])
+    p.add_argument("--executor", default="local", choices=["local", "ray"])
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
+    p.add_argument("--runs-dir", default="runs")
+    _add_method_args(p)
+    _add_data_root(p)
+    _add_quiet(p)
+
+    p = sub.add_parser("runs", help="list jobs in the results store")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--status", default=None, choices=["pending", "running", "done", "failed"])
+
+    p = sub.add_parser("report", help="leaderboards from the results store")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--scenes", default=None, help="restrict to these scenes or groups")
+    p.add_argument("--format", default="markdown", choices=["markdown", "terminal", "csv", "json"])
+    p.add_argument("--out", default=None, help="write to FILE instead of standard output")
+    p.add_argument("--plots", default=None, metavar="DIR", help="also write plots there (needs the plots extra)")
+
+    p = sub.add_parser("profile", help="params, size, FLOPs, latency (torch, onnxruntime)")
+    p.add_argument("--archs", default="resnet18,resnet34,resnet50")
+    p.add_argument("--backends", default="torch,onnxruntime")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--crop", type=int, default=224)
+    p.add_argument("--runs", type=int, default=50, help="timed runs (at least 50)")
+    p.add_argument("--export", default=None, metavar="DIR", help="write the ONNX models there")
+    p.add_argument("--onnx", default=None, metavar="FILE", help="measure this ONNX file with onnxruntime only")
+    p.add_argument("--runs-dir", default="runs", help="record results in this results store")
+    p.add_argument("--out", default=None, metavar="FILE", help="also write the rows as JSON (for kdbench import)")
+    p.add_argument("--no-store", action="store_true", help="do not record in the results store")
+
+    p = sub.add_parser("import", help="merge profile rows (JSON from `kdbench profile --out`) into a store")
+    p.add_argument("file")
+    p.add_argument("--runs-dir", default="runs")
+    return parser
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "scenes":
+        from kdbench.scenes import commands
+
+        return getattr(commands, f"cmd_{args.scenes_command}")(args)
+    if args.command in ("train", "evaluate"):
+        from kdbench.runners import commands
+
+        return getattr(commands, f"cmd_{args.command}")(args)
+    if args.command in ("run", "runs"):
+        from kdbench.runners import commands
+
+        return getattr(commands, f"cmd_{args.command}")(args)
+    if args.command == "methods":
+        from kdbench.methods import commands
+
+        return commands.cmd_methods(args)
+    if args.command == "report":
+        from kdbench.reports import commands
+
+        return commands.cmd_report(args)
+    if args.command == "profile":
+        if args.onnx:  # edge devices may have onnxruntime only: keep torch out of this path
+            from kdbench import profile_onnx
+
+            return profile_onnx.cmd_profile_onnx(args)
+        from kdbench import profile
+
+        return profile.cmd_profile(args)
+    if args.command == "import":
+        from kdbench.reports import commands
+
+        return commands.cmd_import(args)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `kdbench` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return _dispatch(args) or 0
+    except KdbenchError as exc:
+        print(f"kdbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdbench: interrupted; rerun the same command to continue where it stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Typed training configuration, presets, and the stable config hash that names finished work."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from kdbench.errors import KdbenchError
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Defaults for a family of runs; every field can still be overridden per run."""
+
+    name: str
+    load_size: int  # short side of the cached images
+    crop_size: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    teacher_epochs: int
+    student_epochs: int
+    weights: str  # "imagenet" | "none" | path
+    beta: float | None  # None: the scene's catalog beta
+    description: str
+
+
+PRESETS: dict[str, Preset] = {
+    # The SCKD paper's setting (load 256, crop 224, batch 32, 500 epochs, Adam 1e-3, beta 500, ImageNet).
+    "paper": Preset("paper", 256, 224, 32, 1e-3, 0.0, 500, 500, "imagenet", 500.0,
+                    "SCKD paper setting: 256/224 px, batch 32, 500 epochs, Adam 1e-3, beta 500, ImageNet"),
+    # Offline on a 2-core laptop CPU: tiny images, from scratch; teachers get more epochs than students
+    # so that they are clearly better and KD has something to teach.
+    "quick": Preset("quick", 64, 56, 32, 1e-3, 0.0, 30, 12, "none", None,
+                    "offline CPU smoke benchmark: 64/56 px, from scratch, teacher 30 / student 12 epochs"),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """A preset by name, with a clear error listing the valid ones."""
+    if name not in PRESETS:
+        raise KdbenchError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a trained model; its hash names the run folder and the store row."""
+
+    scene: str
+    arch: str
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    load_size: int
+    crop_size: int
+    beta: float
+    weights: str = "none"
+    learn_beta: bool = False  # Kendall 2017 learned weighting instead of fixed beta
+    normalize: str = "imagenet"  # "imagenet" | "mean" (the train split's mean image)
+    seed: int = 0
+    method: str = "baseline"
+    method_params: dict[str, Any] = field(default_factory=dict)
+    teacher_hash: str | None = None  # config hash of the teacher this student learns from
+    teacher_arch: str | None = None
+    preset: str = "custom"
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "load_size", "crop_size"):
+            if getattr(self, name) <= 0:
+                raise KdbenchError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.crop_size > self.load_size:
+            raise KdbenchError(f"crop size {self.crop_size} exceeds load size {self.load_size}: lower --crop "
+                               "or raise the load size")
+        if self.normalize not in ("imagenet", "mean"):
+            raise KdbenchError(f"normalize must be 'imagenet' or 'mean', got {self.normalize!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return replace(self, **changes)
+
+    def hash(self) -> str:
+        """Stable 12-hex-digit hash of the config (the preset's name is a label, not part of it)."""
+        d = self.to_dict()
+        d.pop("preset")
+        blob = json.dumps(d, sort_keys=True, default=str, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def make_config(scene: str, arch: str, preset: str = "quick", role: str = "student", **overrides: Any) -> TrainConfig:
+    """A TrainConfig from a preset (teacher or student epochs) with per-run overrides; None means default."""
+    from kdbench.scenes import get_scene
+
+    p = get_preset(preset)
+    spec = get_scene(scene)
+    base = dict(
+        scene=spec.name, arch=arch,
+        epochs=p.teacher_epochs if role == "teacher" else p.student_epochs,
+        batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, load_size=p.load_size,
+        crop_size=p.crop_size, beta=p.beta if p.beta is not None else spec.beta, weights=p.weights,
+        preset=p.name,
+    )
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**base)

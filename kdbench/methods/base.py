@@ -1,0 +1,152 @@
+"""The method plugin contract: a Method is an nn.Module (its adaptors and state live in its state_dict)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import nn
+
+from kdbench.errors import KdbenchError
+from kdbench.models import TAPS, PoseNet, PoseOutput
+
+# SCKD's command line numbers the taps 1..6 (stem, layer1, layer2, layer3, layer4, pool).
+SCKD_MODULE_NUMBERS = {str(i + 1): name for i, name in enumerate(TAPS[:6])}
+
+
+@dataclass(frozen=True)
+class HParam:
+    """One hyperparameter: default, type ("float" | "int" | "bool" | "str" | "layers"), help, choices."""
+
+    default: Any
+    type: str
+    help: str
+    choices: tuple[str, ...] = ()
+
+    def parse(self, value: Any, where: str) -> Any:
+        """Convert a value (often a string from --set) to this parameter's type, or raise a clear error."""
+        try:
+            if self.type == "float":
+                out = float(value)
+            elif self.type == "int":
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError(value)
+                out = int(value)
+            elif self.type == "bool":
+                if isinstance(value, bool):
+                    out = value
+                elif str(value).lower() in ("1", "true", "yes", "on"):
+                    out = True
+                elif str(value).lower() in ("0", "false", "no", "off"):
+                    out = False
+                else:
+                    raise ValueError(value)
+            elif self.type == "layers":
+                items = value.split(",") if isinstance(value, str) else list(value)
+                out = tuple(SCKD_MODULE_NUMBERS.get(str(i).strip(), str(i).strip()) for i in items if str(i).strip())
+                bad = [i for i in out if i not in TAPS]
+                if bad:
+                    raise KdbenchError(f"{where}: unknown layer(s) {', '.join(bad)}; use {', '.join(TAPS)} "
+                                       f"or SCKD's module numbers 1-6")
+            else:
+                out = str(value)
+        except (TypeError, ValueError):
+            raise KdbenchError(f"{where}: {value!r} is not a valid {self.type}") from None
+        if self.choices and out not in self.choices:
+            raise KdbenchError(f"{where}: {out!r} is not one of {', '.join(self.choices)}")
+        return out
+
+
+class GroundTruth(NamedTuple):
+    """Ground-truth poses of a batch: xyz (b, 3), unit sign-canonical q (b, 4)."""
+
+    xyz: torch.Tensor
+    q: torch.Tensor
+
+
+class PoseLoss(nn.Module):
+    """PoseNet loss ||x - x'||^2 + beta ||q - q'||^2, or Kendall's learned weighting (s_x, s_q trainable)."""
+
+    def __init__(self, beta: float, learned: bool = False):
+        super().__init__()
+        self.beta = float(beta)
+        self.learned = learned
+        if learned:
+            self.s_x = nn.Parameter(torch.tensor(0.0))
+            self.s_q = nn.Parameter(torch.tensor(-3.0))
+
+    def per_sample(self, xyz: torch.Tensor, q: torch.Tensor, xyz_ref: torch.Tensor, q_ref: torch.Tensor) -> torch.Tensor:
+        """l(p, p') per sample (b,), always with the fixed beta (KD terms use this form)."""
+        return ((xyz - xyz_ref) ** 2).sum(1) + self.beta * ((q - q_ref) ** 2).sum(1)
+
+    def forward(self, out: PoseOutput, gt: GroundTruth) -> torch.Tensor:
+        """L_gt: mean over the batch (fixed beta), or the learned weighting of its two parts."""
+        if not self.learned:
+            return self.per_sample(out.xyz, out.q, gt.xyz, gt.q).mean()
+        l_x = ((out.xyz - gt.xyz) ** 2).sum(1).mean()
+        l_q = ((out.q - gt.q) ** 2).sum(1).mean()
+        return l_x * torch.exp(-self.s_x) + self.s_x + l_q * torch.exp(-self.s_q) + self.s_q
+
+
+@dataclass
+class LossContext:
+    """What a method's loss may know besides the outputs: the pose loss and where training is."""
+
+    pose_loss: PoseLoss
+    epoch: int  # 0-based
+    epochs: int
+
+
+class Method(nn.Module):
+    """Base class of distillation methods; subclass, set the class attributes, decorate with @register_method.
+
+    A method never touches files, devices, optimisers or data loading: the runner calls these hooks.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    hparams: ClassVar[dict[str, HParam]] = {}
+    needs_teacher: ClassVar[bool] = True
+
+    def __init__(self, **params: Any):
+        super().__init__()
+        unknown = sorted(set(params) - set(self.hparams))
+        if unknown:
+            valid = ", ".join(self.hparams) or "(none)"
+            raise KdbenchError(f"method {self.name!r} has no hyperparameter {', '.join(unknown)}; valid: {valid}")
+        self.params: dict[str, Any] = {
+            k: hp.parse(params.get(k, hp.default), f"{self.name}.{k}") for k, hp in self.hparams.items()
+        }
+
+    def __getattr__(self, item: str) -> Any:
+        params = self.__dict__.get("params")
+        if params is not None and item in params:
+            return params[item]
+        return super().__getattr__(item)
+
+    def student_taps(self) -> tuple[str, ...]:
+        """Named student features the loss needs."""
+        return ()
+
+    def teacher_taps(self) -> tuple[str, ...]:
+        """Named teacher features the loss needs."""
+        return ()
+
+    def setup(self, student: PoseOutput, teacher: PoseOutput | None) -> None:
+        """Build trainable adaptors from the first batch's shapes (they train with the student)."""
+
+    def prepare(self, batches: Iterable[tuple[PoseOutput, GroundTruth]], pose_loss: PoseLoss) -> None:
+        """Optional pass over the training set before training: teacher outputs (eval, no augmentation)."""
+
+    needs_prepare: ClassVar[bool] = False
+
+    def frozen(self, student: PoseNet, epoch: int, epochs: int) -> list[str]:
+        """Dotted names of student modules that do not train in this epoch (two-stage schedules)."""
+        return []
+
+    def loss(self, student: PoseOutput, teacher: PoseOutput | None, gt: GroundTruth,
+             ctx: LossContext) -> dict[str, torch.Tensor]:
+        """Named loss terms whose sum is the training loss, the ground-truth term included."""
+        raise NotImplementedError

@@ -1,0 +1,37 @@
+"""Shared test fixtures. Real-data samples are read from ../shared/fixtures (or $KDBENCH_FIXTURES)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("KDBENCH_FIXTURES", REPO.parent / "shared" / "fixtures"))
+
+
+def _fixture(*parts: str) -> Path:
+    path = FIXTURES.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real-data fixture {path} is absent (set KDBENCH_FIXTURES)")
+    return path
+
+
+@pytest.fixture
+def stairs_dir() -> Path:
+    """The real 7-Scenes stairs sample: frames 0-2 of seq-01..04 with split files."""
+    return _fixture("7scenes-stairs-sample", "stairs")
+
+
+@pytest.fixture
+def shopfacade_labels() -> Path:
+    """The real ShopFacade dataset_train.txt / dataset_test.txt (no images)."""
+    return _fixture("cambridge-shopfacade-labels")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path):
+    """No test reads the user's data root or writes into the repo."""
+    monkeypatch.setenv("KDBENCH_DATA", str(tmp_path / "datasets"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
