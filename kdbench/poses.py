@@ -7,11 +7,17 @@ import numpy as np
 ACCURACY_THRESHOLDS: tuple[tuple[float, float], ...] = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
 
 
-def canonical_quat(q: np.ndarray) -> np.ndarray:
-    """Normalise quaternion(s) (..., 4) and flip the sign so that w >= 0."""
+def canonical_quat(q: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Normalise quaternion(s) (..., 4) and pick the sign with w >= 0.
+
+    q and -q are one rotation; when w == 0 the first non-zero component is made positive, so that
+    both signs always map to the same representative.
+    """
     q = np.asarray(q, dtype=np.float64)
     q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    return np.where(q[..., :1] < 0, -q, q)
+    first = np.argmax(np.abs(q) > eps, axis=-1)[..., None]
+    lead = np.take_along_axis(q, first, axis=-1)
+    return np.where(lead < 0, -q, q)
 
 
 def quat_to_matrix(q: np.ndarray) -> np.ndarray:

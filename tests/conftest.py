@@ -35,3 +35,26 @@ def _isolated_env(monkeypatch, tmp_path):
     """No test reads the user's data root or writes into the repo."""
     monkeypatch.setenv("KDBENCH_DATA", str(tmp_path / "datasets"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+
+
+TINY = {"frames_per_seq": 4, "size": (48, 36)}  # 16 train / 8 test frames; renders in well under a second
+
+
+@pytest.fixture(scope="session")
+def tiny_data_root(tmp_path_factory) -> Path:
+    """A data root holding tiny renders of both synthetic scenes (read-only for tests: copy to modify)."""
+    from kdbench.scenes.synth import render_scene
+
+    root = tmp_path_factory.mktemp("tiny-data")
+    for name in ("SynthRoom", "SynthStreet"):
+        render_scene(name, root, quiet=True, **TINY)
+    return root
+
+
+def tiny_config(scene: str = "SynthRoom", arch: str = "resnet18", **overrides):
+    """A TrainConfig small enough for a test: 32 px cache, 28 px crops, batch 4, 2 epochs."""
+    from kdbench.config import make_config
+
+    base = dict(epochs=2, batch_size=4, load_size=32, crop_size=28)
+    base.update(overrides)
+    return make_config(scene, arch, "quick", **base)

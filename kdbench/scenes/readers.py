@@ -94,7 +94,8 @@ _SEQ_RE = re.compile(r"^sequence(\d+)$", re.IGNORECASE)
 def _read_7scenes(root: Path, split: str) -> list[Frame]:
     split_file = root / ("TrainSplit.txt" if split == "train" else "TestSplit.txt")
     if not split_file.is_file():
-        raise KdbenchError(f"missing split file {split_file}: a 7-Scenes folder needs TrainSplit.txt and TestSplit.txt")
+        raise KdbenchError(f"missing split file {split_file}: a 7-Scenes folder needs TrainSplit.txt and "
+                           "TestSplit.txt")
     seqs = []
     with open(split_file, encoding="utf-8", errors="replace") as fh:
         for lineno, line in enumerate(fh, start=1):
@@ -109,7 +110,8 @@ def _read_7scenes(root: Path, split: str) -> list[Frame]:
     for seq in seqs:
         seq_dir = root / f"seq-{seq:02d}"
         if not seq_dir.is_dir():
-            raise KdbenchError(f"{split_file} lists sequence{seq} but {seq_dir} does not exist: the scene is incomplete")
+            raise KdbenchError(f"{split_file} lists sequence{seq} but {seq_dir} does not exist: "
+                               "the scene is incomplete")
         pose_files = sorted(seq_dir.glob("frame-*.pose.txt"))
         if not pose_files:
             raise KdbenchError(f"{seq_dir} holds no frame-XXXXXX.pose.txt files")

@@ -1,0 +1,61 @@
+"""`kdbench scenes ...` commands: thin wrappers over the scenes library."""
+
+from __future__ import annotations
+
+import argparse
+
+from kdbench.errors import KdbenchError
+from kdbench.scenes.catalog import data_root, get_scene, resolve_scenes
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Print the catalog with on-disk and prepared status."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from kdbench.scenes.status import scene_status
+
+    rows = scene_status(args.data_root)
+    table = Table(title=f"Scenes (data root: {data_root(args.data_root)})")
+    for col in ("scene", "family", "train", "test", "on disk", "prepared", "size", "download"):
+        table.add_column(col, justify="right" if col in ("train", "test", "size", "download") else "left")
+    for r in rows:
+        table.add_row(r["scene"], r["family"], str(r["train"]), str(r["test"]), "yes" if r["on_disk"] else "no",
+                      r["prepared"] or "no", r["size"], r["download"])
+    Console(width=140).print(table)
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    """Download, verify, unpack and prepare real scenes."""
+    from kdbench.scenes.cache import prepare_scene
+    from kdbench.scenes.download import download_scene
+
+    specs = resolve_scenes(args.names)
+    if args.url and len(specs) != 1:
+        raise KdbenchError("--url names one download: give exactly one scene with it")
+    for spec in specs:
+        if spec.synthetic:
+            raise KdbenchError(f"{spec.name} is synthetic: render it with `kdbench scenes synth {spec.name}`")
+        download_scene(spec, args.data_root, url=args.url, quiet=args.quiet)
+        prepare_scene(spec, args.data_root, quiet=args.quiet)
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    """Render a synthetic scene into its real dataset layout, then prepare its cache."""
+    from kdbench.scenes.cache import prepare_scene
+    from kdbench.scenes.synth import render_scene
+
+    spec = get_scene(args.name)
+    if not spec.synthetic:
+        raise KdbenchError(f"{spec.name} is a real scene: fetch it with `kdbench scenes download {spec.name}`")
+    try:
+        w, h = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise KdbenchError(f"--size {args.size!r}: expected WIDTHxHEIGHT, e.g. 160x120") from None
+    path = render_scene(spec, args.data_root, frames_per_seq=args.frames, size=(w, h), seed=args.seed,
+                        quiet=args.quiet)
+    prepare_scene(spec, args.data_root, quiet=args.quiet)
+    print(path)
+    return 0
