@@ -77,7 +77,8 @@ class PoseLoss(nn.Module):
             self.s_x = nn.Parameter(torch.tensor(0.0))
             self.s_q = nn.Parameter(torch.tensor(-3.0))
 
-    def per_sample(self, xyz: torch.Tensor, q: torch.Tensor, xyz_ref: torch.Tensor, q_ref: torch.Tensor) -> torch.Tensor:
+    def per_sample(self, xyz: torch.Tensor, q: torch.Tensor, xyz_ref: torch.Tensor,
+                   q_ref: torch.Tensor) -> torch.Tensor:
         """l(p, p') per sample (b,), always with the fixed beta (KD terms use this form)."""
         return ((xyz - xyz_ref) ** 2).sum(1) + self.beta * ((q - q_ref) ** 2).sum(1)
 

@@ -1,0 +1,232 @@
+"""One training loop for teachers and students: plain, resumable, deterministic per (seed, epoch)."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kdbench.config import TrainConfig
+from kdbench.errors import KdbenchError
+from kdbench.fileio import torch_save_atomic, write_json_atomic, write_text_atomic
+from kdbench.methods import GroundTruth, LossContext, Method, PoseLoss, create_method
+from kdbench.models import PoseNet, PoseOutput
+from kdbench.progress import make_progress
+from kdbench.runners.device import pick_device, seed_everything
+from kdbench.runners.evaluate import evaluate
+from kdbench.scenes.cache import load_split_cache
+from kdbench.scenes.dataset import PoseDataset
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.json"
+PREDICTIONS = "predictions.csv"
+
+
+@dataclass
+class TrainResult:
+    """What a finished training run leaves: where, its metrics, and how long it took."""
+
+    run_dir: Path
+    checkpoint: Path
+    metrics: dict[str, float]
+    epochs_done: int
+    train_seconds: float
+    eval_seconds: float
+    resumed_from: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a kdbench checkpoint safely (weights_only=True), with a clear error for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise KdbenchError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise KdbenchError(f"cannot read checkpoint {path}: {exc}") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise KdbenchError(f"{path} is not a kdbench checkpoint (no model/config): was it written by kdbench train?")
+    return ckpt
+
+
+def load_model(path: str | os.PathLike) -> tuple[PoseNet, TrainConfig]:
+    """The PoseNet and config stored in a checkpoint."""
+    ckpt = load_checkpoint(path)
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    model = PoseNet(cfg.arch)
+    model.load_state_dict(ckpt["model"])
+    return model, cfg
+
+
+def _to_device(x: torch.Tensor, pose: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, GroundTruth]:
+    x = x.to(device, non_blocking=True)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    pose = pose.to(device)
+    return x, GroundTruth(pose[:, :3], pose[:, 3:])
+
+
+def _set_frozen(student: PoseNet, names: list[str]) -> None:
+    """requires_grad off and eval mode (BatchNorm statistics too) for the named student modules."""
+    modules = dict(student.named_modules())
+    student.train()
+    for p in student.parameters():
+        p.requires_grad_(True)
+    for name in names:
+        if name not in modules:
+            raise KdbenchError(f"method asked to freeze {name!r}, which is not a module of the student")
+        modules[name].eval()
+        for p in modules[name].parameters():
+            p.requires_grad_(False)
+
+
+def _teacher_batches(teacher: PoseNet, ds: PoseDataset, taps, device, batch_size: int
+                     ) -> Iterator[tuple[PoseOutput, GroundTruth]]:
+    with torch.no_grad():
+        for x, pose in ds.batches(batch_size, shuffle=False):
+            x, gt = _to_device(x, pose, device)
+            yield teacher(x, taps=taps), gt
+
+
+def train(cfg: TrainConfig, data_root: str | os.PathLike | None, out_dir: str | os.PathLike,
+          teacher_checkpoint: str | os.PathLike | None = None, quiet: bool = True, max_steps: int | None = None,
+          device: str | None = None, on_epoch: Callable[[int, int, float], None] | None = None) -> TrainResult:
+    """Train `cfg.arch` on `cfg.scene` with `cfg.method`, checkpoint every epoch, then evaluate.
+
+    Resumes from `<out_dir>/checkpoint.pt` when it holds the same config; a finished run is not redone.
+    `max_steps` caps the optimiser steps per epoch (smoke tests). `on_epoch(epoch, epochs, loss)` reports
+    progress to a caller that draws its own bars.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / CHECKPOINT
+    dev = pick_device(device)
+    seed_everything(cfg.seed)
+
+    train_cache = load_split_cache(cfg.scene, data_root, "train", cfg.load_size, quiet)
+    train_ds = PoseDataset(train_cache, cfg.crop_size, train=True, normalize=cfg.normalize, seed=cfg.seed)
+    eval_train_ds = PoseDataset(train_cache, cfg.crop_size, train=False, normalize=cfg.normalize, seed=cfg.seed)
+    method = create_method(cfg.method, cfg.method_params)
+
+    resume = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
+    if resume is not None and resume.get("hash") != cfg.hash():
+        raise KdbenchError(f"{ckpt_path} belongs to another configuration (hash {resume.get('hash')}, this run "
+                           f"{cfg.hash()}): choose another --out folder or delete that one")
+    student = PoseNet(cfg.arch, weights=None if resume else cfg.weights).to(dev)
+    teacher = _load_teacher(method, teacher_checkpoint, dev)
+    pose_loss = PoseLoss(cfg.beta, cfg.learn_beta).to(dev)
+
+    # Adaptors are sized from the first batch's features (eval mode: the probe must not move BN statistics).
+    x0, pose0 = next(eval_train_ds.batches(min(cfg.batch_size, len(eval_train_ds)), shuffle=False))
+    x0, _ = _to_device(x0, pose0, dev)
+    student.eval()
+    with torch.no_grad():
+        method.setup(student(x0, taps=method.student_taps()),
+                     teacher(x0, taps=method.teacher_taps()) if teacher is not None else None)
+    method.to(dev)
+
+    params = list(student.parameters()) + list(method.parameters()) + list(pose_loss.parameters())
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    use_amp = dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    if dev.type == "cuda":
+        student = student.to(memory_format=torch.channels_last)
+
+    start_epoch, history, train_seconds = 0, [], 0.0
+    if resume is not None:
+        student.load_state_dict(resume["model"])
+        method.load_state_dict(resume["method"])
+        pose_loss.load_state_dict(resume["pose_loss"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scaler.load_state_dict(resume["scaler"])
+        start_epoch, history = int(resume["epoch"]), list(resume["history"])
+        train_seconds = float(resume.get("train_seconds", 0.0))
+    elif method.needs_prepare:
+        method.prepare(_teacher_batches(teacher, eval_train_ds, method.teacher_taps(), dev, cfg.batch_size),
+                       pose_loss)
+
+    def save(epoch: int) -> None:
+        torch_save_atomic({
+            "model": student.state_dict(), "method": method.state_dict(), "pose_loss": pose_loss.state_dict(),
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+            "history": history, "config": cfg.to_dict(), "hash": cfg.hash(), "arch": cfg.arch,
+            "train_seconds": train_seconds,
+        }, ckpt_path)
+
+    if start_epoch == 0 and not ckpt_path.is_file():
+        write_json_atomic(out / "config.json", {**cfg.to_dict(), "hash": cfg.hash()})
+
+    with make_progress(quiet or on_epoch is not None) as progress:
+        task = progress.add_task(f"{cfg.arch} {cfg.method} on {cfg.scene}", total=cfg.epochs,
+                                 completed=start_epoch, info="")
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout: same per epoch whether resumed or not
+            _set_frozen(student, method.frozen(student, epoch, cfg.epochs))
+            ctx = LossContext(pose_loss, epoch, cfg.epochs)
+            losses: list[float] = []
+            for step, (x, pose) in enumerate(train_ds.batches(cfg.batch_size, shuffle=True, epoch=epoch,
+                                                              drop_last=True)):
+                if max_steps is not None and step >= max_steps:
+                    break
+                x, gt = _to_device(x, pose, dev)
+                with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
+                    s_out = student(x, taps=method.student_taps())
+                    t_out = None
+                    if teacher is not None:
+                        with torch.no_grad():
+                            t_out = teacher(x, taps=method.teacher_taps())
+                    terms = method.loss(s_out, t_out, gt, ctx)
+                    loss = sum(terms.values())
+                if not torch.isfinite(loss):
+                    bad = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+                    raise KdbenchError(
+                        f"non-finite loss at epoch {epoch + 1}, step {step + 1} of {cfg.method} on {cfg.scene} "
+                        f"({bad}); the last good checkpoint (epoch {epoch}) is kept at {ckpt_path}. "
+                        "Lower --lr or the method's loss weights (--set METHOD.KEY=VALUE)."
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                losses.append(float(loss.detach()))
+            mean_loss = float(np.mean(losses)) if losses else math.nan
+            train_seconds += time.perf_counter() - t0
+            history.append({"epoch": epoch + 1, "loss": mean_loss})
+            save(epoch + 1)
+            progress.update(task, advance=1, info=f"loss {mean_loss:.4g}")
+            if on_epoch is not None:
+                on_epoch(epoch + 1, cfg.epochs, mean_loss)
+
+    t0 = time.perf_counter()
+    test_cache = load_split_cache(cfg.scene, data_root, "test", cfg.load_size, quiet)
+    test_ds = PoseDataset(test_cache, cfg.crop_size, train=False, normalize=cfg.normalize, seed=cfg.seed)
+    metrics, predictions = evaluate(student, test_ds, dev)
+    eval_seconds = time.perf_counter() - t0
+    write_text_atomic(out / PREDICTIONS, predictions.to_csv(index=False))
+    write_json_atomic(out / METRICS, metrics)
+    return TrainResult(out, ckpt_path, metrics, cfg.epochs, train_seconds, eval_seconds, start_epoch, history)
+
+
+def _load_teacher(method: Method, teacher_checkpoint, dev: torch.device) -> PoseNet | None:
+    if not method.needs_teacher:
+        return None
+    if teacher_checkpoint is None:
+        raise KdbenchError(f"method {method.name!r} needs a teacher: pass --teacher CHECKPOINT "
+                           "(a checkpoint.pt written by `kdbench train`)")
+    teacher, _ = load_model(teacher_checkpoint)
+    teacher.eval().to(dev)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    if dev.type == "cuda":
+        teacher = teacher.to(memory_format=torch.channels_last)
+    return teacher
