@@ -10,7 +10,11 @@ from kdbench.methods.registry import (
     register_method,
     resolved_params,
 )
-from kdbench.methods import baseline  # noqa: E402,F401  (built-ins register on import)
+
+# Built-ins register on import, in the order `kdbench methods` lists them.
+# isort: off
+from kdbench.methods import baseline, vanilla, attentive, similarity, hint, sckd, rkd, pkt, at  # noqa: F401
+# isort: on
 
 __all__ = [
     "GroundTruth", "HParam", "LossContext", "Method", "PoseLoss", "available_methods", "create_method",

@@ -1,0 +1,124 @@
+"""attentive: M.U's KD (Saputra et al., ICCV 2019): attentive imitation (AIL) + attentive hints (AHT)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from kdbench.errors import KdbenchError
+from kdbench.methods.adaptors import build_adaptors, require_setup
+from kdbench.methods.base import GroundTruth, HParam, LossContext, Method, PoseLoss
+from kdbench.methods.checks import check_count, check_nonnegative, check_unit
+from kdbench.methods.registry import register_method
+from kdbench.models import PoseNet, PoseOutput
+
+
+def _has_state(m: nn.Module) -> bool:
+    return any(True for _ in m.parameters()) or any(True for _ in m.buffers())
+
+
+def student_units(student: PoseNet) -> list[str]:
+    """The student's stateful modules at the granularity a schedule freezes (trunk stages, head, fc_*)."""
+    trunk = [f"trunk.{n}" for n, m in student.trunk.named_children() if _has_state(m)]
+    return trunk + [n for n, m in student.named_children() if n != "trunk" and _has_state(m)]
+
+
+def modules_up_to(student: PoseNet, tap: str) -> list[str]:
+    """Student modules that compute `tap` (the part stage 1 trains)."""
+    if tap == "embed":  # the head's hidden layer: the whole trunk and the head
+        return [u for u in student_units(student) if u.startswith("trunk.")] + ["head"]
+    return student.trunk_modules_up_to(tap)
+
+
+@register_method("attentive")
+class Attentive(Method):
+    description = ("M.U's KD (Saputra 2019): imitation and hints weighted by the teacher's per-sample "
+                   "error, two-stage or joint")
+    hparams = {
+        "alpha": HParam(0.5, "float", "AIL: weight of L_gt; 1 - alpha weighs the attentive imitation"),
+        "hint_layer": HParam(("layer4",), "layers", "AHT: the one hint layer (stage 1 trains up to it)"),
+        "schedule": HParam("two-stage", "str", "two-stage: L_aht then L_ail (the paper); joint: "
+                           "L_ail + w_aht L_aht", choices=("two-stage", "joint")),
+        "stage1": HParam(0.2, "float", "two-stage: fraction of epochs in stage 1 (at least one epoch)"),
+        "w_aht": HParam(100.0, "float", "joint: weight of L_aht"),
+        "phi_clamp": HParam(True, "bool", "clamp Phi = 1 - e/eta to [0, 1] (the paper's can go negative)"),
+    }
+    needs_prepare = True
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        check_unit(f"{self.name}.alpha", self.alpha)
+        check_count(f"{self.name}.hint_layer", self.hint_layer, 1, 1)
+        check_nonnegative(f"{self.name}.w_aht", self.w_aht)
+        if not 0.0 < self.stage1 < 1.0:
+            raise KdbenchError(f"{self.name}.stage1 = {self.stage1} must lie strictly between 0 and 1")
+        self.adaptors = nn.ModuleDict()
+        # A buffer, so it goes into state_dict(): a resumed run keeps the eta it started with.
+        self.register_buffer("eta", torch.tensor(float("nan")))
+
+    def student_taps(self) -> tuple[str, ...]:
+        return self.hint_layer
+
+    def teacher_taps(self) -> tuple[str, ...]:
+        return self.hint_layer
+
+    def setup(self, student: PoseOutput, teacher: PoseOutput | None) -> None:
+        if not self.adaptors:  # once: a second call must not replace trained weights
+            self.adaptors = build_adaptors(self.hint_layer, student, teacher, self.name)
+
+    def prepare(self, batches: Iterable[tuple[PoseOutput, GroundTruth]], pose_loss: PoseLoss) -> None:
+        """eta = max - min of the teacher's per-sample errors over the training set."""
+        lo, hi, n = math.inf, -math.inf, 0
+        with torch.no_grad():
+            for out, gt in batches:
+                e = pose_loss.per_sample(out.xyz, out.q, gt.xyz, gt.q)
+                lo, hi, n = min(lo, e.min().item()), max(hi, e.max().item()), n + e.numel()
+        if not n or not hi > lo:
+            raise KdbenchError(f"{self.name}: the teacher's errors over the training set have no spread "
+                               f"({n} samples, eta = max - min = 0); Phi = 1 - e/eta is undefined")
+        self.eta.fill_(hi - lo)
+
+    def stage1_epochs(self, epochs: int) -> int:
+        """Epochs in stage 1: the rounded fraction, at least 1, leaving at least 1 for stage 2."""
+        n = max(1, math.floor(self.stage1 * epochs + 0.5))
+        return min(n, epochs - 1) if epochs > 1 else n
+
+    def in_stage1(self, epoch: int, epochs: int) -> bool:
+        """Whether this epoch belongs to stage 1 of the two-stage schedule."""
+        return self.schedule == "two-stage" and epoch < self.stage1_epochs(epochs)
+
+    def frozen(self, student: PoseNet, epoch: int, epochs: int) -> list[str]:
+        if self.schedule == "joint":
+            return []
+        hinted = modules_up_to(student, self.hint_layer[0])
+        if self.in_stage1(epoch, epochs):
+            return [u for u in student_units(student) if u not in hinted]
+        return hinted
+
+    def phi(self, teacher: PoseOutput, gt: GroundTruth, pose_loss: PoseLoss) -> torch.Tensor:
+        """Per-sample attention Phi_i = 1 - e_i / eta (clamped to [0, 1] by default)."""
+        if not torch.isfinite(self.eta):
+            raise RuntimeError(f"method {self.name!r}: prepare() must run before training (it sets eta)")
+        e = pose_loss.per_sample(teacher.xyz, teacher.q, gt.xyz, gt.q).detach()
+        phi = 1 - e / self.eta.to(e.dtype)
+        return phi.clamp(0, 1) if self.phi_clamp else phi
+
+    def loss(self, student: PoseOutput, teacher: PoseOutput | None, gt: GroundTruth,
+             ctx: LossContext) -> dict[str, torch.Tensor]:
+        phi = self.phi(teacher, gt, ctx.pose_loss)
+        stage1 = self.in_stage1(ctx.epoch, ctx.epochs)
+        terms: dict[str, torch.Tensor] = {}
+        if self.schedule == "joint" or stage1:
+            layer = self.hint_layer[0]
+            r = require_setup(self.adaptors, self.hint_layer, self.name)[layer]
+            diff = r(student.features[layer]) - teacher.features[layer].detach()
+            aht = (phi * diff.pow(2).flatten(1).sum(1)).mean()
+            if stage1:
+                return {"aht": aht}
+            terms["aht"] = self.w_aht * aht
+        imitation = ctx.pose_loss.per_sample(student.xyz, student.q, teacher.xyz.detach(), teacher.q.detach())
+        return {"gt": self.alpha * ctx.pose_loss(student, gt),
+                "imitation": (1 - self.alpha) * (phi * imitation).mean(), **terms}

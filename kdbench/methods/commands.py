@@ -1,0 +1,64 @@
+"""`kdbench methods`: every registered method with its description and hyperparameters."""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+
+from kdbench.methods.base import HParam, Method
+from kdbench.methods.registry import available_methods, load_plugin
+
+WIDTH = 100
+HELP_COLUMN = 37  # 4 + name 12 + type 7 + default 11 + separators
+
+
+def format_value(value: object) -> str:
+    """A default as a user would type it after --set (layers comma-separated)."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value)) or '""'
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def format_hparam(key: str, hp: HParam) -> list[str]:
+    """One hyperparameter: name, type, default, then its help wrapped under it."""
+    help_text = hp.help + (f" [{' | '.join(hp.choices)}]" if hp.choices else "")
+    default = format_value(hp.default)
+    head = f"    {key:<12} {hp.type:<7} {default:<11} "
+    indent = " " * HELP_COLUMN
+    body = textwrap.wrap(help_text, WIDTH - HELP_COLUMN) or [""]
+    if len(head) > HELP_COLUMN:  # a long default (a layer list) gets its own line; the help goes under it
+        return [head.rstrip()] + [indent + line for line in body]
+    return [head + body[0]] + [indent + line for line in body[1:]]
+
+
+def format_method(name: str, cls: type[Method]) -> list[str]:
+    """One method's block of lines."""
+    teacher = "teacher" if cls.needs_teacher else "no teacher"
+    where = "" if cls.__module__.startswith("kdbench.methods.") else f", from {cls.__module__}"
+    lines = [f"{name}  ({teacher}{where})"]
+    lines += textwrap.wrap(cls.description or "(no description)", WIDTH, initial_indent="  ",
+                           subsequent_indent="  ")
+    if cls.hparams:
+        lines += [f"    {'name':<12} {'type':<7} {'default':<11} help"]
+        for key, hp in cls.hparams.items():
+            lines += format_hparam(key, hp)
+    else:
+        lines.append("    (no hyperparameters)")
+    return lines
+
+
+def methods_text() -> str:
+    """The whole listing, built-ins first in registration order, then plugins."""
+    blocks = ["\n".join(format_method(n, c)) for n, c in available_methods().items()]
+    footer = "Override with --set METHOD.KEY=VALUE, e.g. --set sckd.sigma=50 --set sckd.sc_layers=3,4"
+    return "\n\n".join(blocks + [footer])
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    """Load --plugin files, then print every registered method and its hyperparameters."""
+    for path in getattr(args, "plugin", None) or []:
+        load_plugin(path)
+    print(methods_text())
+    return 0

@@ -1,0 +1,123 @@
+"""Pure loss functions shared by the distillation methods (no state, no modules)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from kdbench.methods.base import GroundTruth
+
+
+def _promote(a: object) -> object:
+    return a.float() if isinstance(a, torch.Tensor) and a.dtype in (torch.float16, torch.bfloat16) else a
+
+
+def full_precision(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Run `fn` outside autocast, half-precision tensor arguments promoted to float32.
+
+    Why: under CUDA AMP a Gram matrix A A^T of a wide layer overflows float16 (sums of 10^4-10^5
+    products), and cosines of cosines lose the precision the relational losses live on.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: object, **kwargs: object) -> torch.Tensor:
+        device = next(a.device.type for a in args if isinstance(a, torch.Tensor))
+        with torch.autocast(device, enabled=False):
+            return fn(*map(_promote, args), **{k: _promote(v) for k, v in kwargs.items()})
+
+    return wrapper
+
+
+def flat(f: torch.Tensor) -> torch.Tensor:
+    """Features as b x d (one row per sample)."""
+    return f.reshape(f.shape[0], -1)
+
+
+def pose_vector(gt: GroundTruth) -> torch.Tensor:
+    """The b x 7 ground-truth poses (xyz, q)."""
+    return torch.cat([gt.xyz, gt.q], dim=1)
+
+
+@full_precision
+def cosine_self_similarity(a: torch.Tensor) -> torch.Tensor:
+    """b x b matrix of cosines between the rows of `a` (flattened per sample)."""
+    a = F.normalize(flat(a), dim=1)
+    return a @ a.t()
+
+
+@full_precision
+def similarity_preserving(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
+    """Tung & Mori: ||G~_t - G~_s||_F^2 / b^2 with G = A A^T row-L2-normalised."""
+    a_s, a_t = flat(f_s), flat(f_t)
+    g_s = F.normalize(a_s @ a_s.t(), dim=1)
+    g_t = F.normalize(a_t @ a_t.t(), dim=1)
+    return ((g_t - g_s) ** 2).sum() / a_s.shape[0] ** 2
+
+
+@full_precision
+def self_cross_similarity(f: torch.Tensor, s_p: torch.Tensor) -> torch.Tensor:
+    """SCKD's c (b,): cosine between row i of the features' self-similarity and row i of the poses'."""
+    return F.cosine_similarity(cosine_self_similarity(f), s_p, dim=1)
+
+
+@full_precision
+def sc_divergence(c_s: torch.Tensor, c_t: torch.Tensor, divergence: str) -> torch.Tensor:
+    """KL(softmax(c_t) || softmax(c_s)) (teacher is the target), or MSE(c_s, c_t)."""
+    if divergence == "mse":
+        return F.mse_loss(c_s, c_t)
+    # kl_div(input, target) computes sum target * (log target - input): input is the student's log-probs.
+    # c is one vector per batch, so the sum over its b entries is the whole divergence (no batch mean).
+    return F.kl_div(F.log_softmax(c_s, dim=0), F.log_softmax(c_t, dim=0), log_target=True, reduction="sum")
+
+
+def _pairwise_distances(e: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances between rows, the diagonal exactly 0 (no sqrt-at-zero gradient)."""
+    sq = (e * e).sum(1)
+    d2 = (sq.unsqueeze(1) + sq.unsqueeze(0) - 2 * e @ e.t()).clamp(min=1e-12)
+    return d2.sqrt() * (1 - torch.eye(len(e), device=e.device, dtype=e.dtype))
+
+
+@full_precision
+def rkd_distance(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
+    """RKD distance loss: smooth-L1 between pairwise distances, each normalised by its mean off-diagonal."""
+    d_s, d_t = _pairwise_distances(flat(f_s)), _pairwise_distances(flat(f_t))
+    off = ~torch.eye(len(d_s), dtype=torch.bool, device=d_s.device)
+    return F.smooth_l1_loss(d_s / d_s[off].mean(), d_t / d_t[off].mean())
+
+
+@full_precision
+def rkd_angle(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
+    """RKD angle loss: smooth-L1 between the cosines <e_ij, e_ik> of unit difference vectors, all triplets."""
+
+    def angles(e: torch.Tensor) -> torch.Tensor:
+        diff = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), dim=2)  # (b, b, d): diff[j, i] = unit(e_i - e_j)
+        return torch.bmm(diff, diff.transpose(1, 2)).reshape(-1)
+
+    return F.smooth_l1_loss(angles(flat(f_s)), angles(flat(f_t)))
+
+
+@full_precision
+def pkt(f_s: torch.Tensor, f_t: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """PKT (Passalis 2018, reference code): cosine kernels shifted to [0, 1], row-normalised, then
+    mean_ij p_t log(p_t / p_s)."""
+
+    def kernel(e: torch.Tensor) -> torch.Tensor:
+        e = e / (e.norm(dim=1, keepdim=True) + eps)
+        k = (e @ e.t() + 1) / 2
+        return k / k.sum(1, keepdim=True)
+
+    p_s, p_t = kernel(flat(f_s)), kernel(flat(f_t))
+    return (p_t * torch.log((p_t + eps) / (p_s + eps))).mean()
+
+
+@full_precision
+def attention_transfer(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
+    """AT (Zagoruyko 2017): MSE between L2-normalised spatial maps mean_c(f^2)."""
+
+    def at(f: torch.Tensor) -> torch.Tensor:
+        return F.normalize(f.pow(2).mean(1).reshape(f.shape[0], -1), dim=1)
+
+    return (at(f_s) - at(f_t)).pow(2).mean()
