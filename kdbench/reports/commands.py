@@ -1,0 +1,161 @@
+"""`kdbench report` and `kdbench import`: leaderboards from the store, profile rows into the store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from kdbench.errors import KdbenchError
+from kdbench.reports.store import PROFILE_COLUMNS
+
+# Field types of an imported profile row (see ResultsStore's profiles table).
+_TEXT = ("arch", "backend", "device")
+_OPTIONAL_TEXT = ("note", "source")
+_INTS = ("batch", "crop", "params", "runs")
+_FLOATS = ("size_mb", "file_mb", "gflops", "latency_median_ms", "latency_p90_ms", "created")
+_IGNORED = ("id",)  # present when rows were dumped from a store; the importing store numbers its own
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Print or write the leaderboard; with --plots also write the figures."""
+    from kdbench.reports import leaderboard
+
+    df = leaderboard.load_results(args.runs_dir, args.scenes)
+    profiles = leaderboard.load_profiles(args.runs_dir)
+    if args.format == "terminal" and not args.out:
+        _print_terminal(df, profiles)
+    else:
+        text = leaderboard.render(df, profiles, args.format)
+        if args.out:
+            from kdbench.fileio import write_text_atomic
+
+            write_text_atomic(args.out, text)
+            print(f"wrote the {args.format} leaderboard to {args.out}", file=sys.stderr)
+        else:
+            sys.stdout.write(text)
+    if args.plots:
+        from kdbench.reports.plots import write_plots
+
+        paths = write_plots(df, profiles, args.plots, runs_dir=args.runs_dir)
+        for path in paths:
+            print(f"wrote {path}", file=sys.stderr)
+        if not paths:
+            print(f"no plots written to {args.plots}: no finished runs to plot", file=sys.stderr)
+    return 0
+
+
+def _print_terminal(df, profiles) -> None:
+    from rich.console import Console
+
+    from kdbench.reports import leaderboard
+
+    acc, eff = leaderboard.accuracy_table(df), leaderboard.efficiency_table(profiles)
+    console = Console()
+    if not console.is_terminal:  # piped: rich would squeeze the tables into 80 columns
+        console = Console(width=200)
+    for item in leaderboard.terminal_renderables(acc, eff, leaderboard.not_shown(df)):
+        console.print(item)
+
+
+# import ---------------------------------------------------------------------------------------------------
+def read_profile_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Validated profile rows from a JSON file written by `kdbench profile --out` (or a bare list)."""
+    from kdbench.profile_onnx import JSON_FORMAT
+
+    path = Path(path)
+    if not path.is_file():
+        raise KdbenchError(f"{path} does not exist: pass the JSON file `kdbench profile --out FILE` wrote")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise KdbenchError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") \
+            from None
+    except UnicodeDecodeError as exc:
+        raise KdbenchError(f"{path} is not UTF-8 text ({exc.reason}): is it the JSON file?") from None
+    if isinstance(doc, dict):
+        if doc.get("format") != JSON_FORMAT or not isinstance(doc.get("rows"), list):
+            raise KdbenchError(f"{path} is not a kdbench profile file: expected "
+                               f"{{\"format\": \"{JSON_FORMAT}\", \"rows\": [...]}} as written by "
+                               f"`kdbench profile --out`")
+        doc = doc["rows"]
+    if not isinstance(doc, list):
+        raise KdbenchError(f"{path}: expected a list of profile rows, found {type(doc).__name__}")
+    return [validate_profile_row(row, i, path) for i, row in enumerate(doc)]
+
+
+def validate_profile_row(row: Any, index: int, path: str | os.PathLike) -> dict[str, Any]:
+    """Check one row's fields and types; the error names the file, the row number and the field."""
+    where = f"{path}, row {index}"
+    if not isinstance(row, dict):
+        raise KdbenchError(f"{where}: expected an object with fields {', '.join(PROFILE_COLUMNS)}, "
+                           f"found {type(row).__name__}")
+    unknown = sorted(set(row) - set(PROFILE_COLUMNS) - set(_IGNORED))
+    if unknown:
+        raise KdbenchError(f"{where}: unknown field(s) {', '.join(unknown)}; known: "
+                           f"{', '.join(PROFILE_COLUMNS)}")
+    out = {k: row.get(k) for k in PROFILE_COLUMNS}
+    for key in _TEXT:
+        if not isinstance(out[key], str) or not out[key].strip():
+            raise KdbenchError(f"{where}: field {key!r} must be a non-empty string, found {out[key]!r}")
+    for key in _OPTIONAL_TEXT:
+        if out[key] is not None and not isinstance(out[key], str):
+            raise KdbenchError(f"{where}: field {key!r} must be a string or null, found {out[key]!r}")
+    for key in _INTS:
+        value = out[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise KdbenchError(f"{where}: field {key!r} must be a whole number >= 0 or null, found {value!r}")
+    for key in _FLOATS:
+        _check_float(out[key], key, where)
+    out["estimated"] = _check_estimated(out, where)
+    return out
+
+
+def _check_float(value: Any, key: str, where: str) -> None:
+    ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                           and math.isfinite(value) and value >= 0)
+    if not ok:
+        raise KdbenchError(f"{where}: field {key!r} must be a finite number >= 0 or null, found {value!r}")
+
+
+def _check_estimated(row: dict[str, Any], where: str) -> int:
+    value = row["estimated"]
+    if value not in (None, 0, 1, True, False):
+        raise KdbenchError(f"{where}: field 'estimated' must be 0/1 or true/false, found {value!r}")
+    if value and not row["note"]:
+        raise KdbenchError(f"{where}: an estimated row needs a 'note' saying how it was estimated")
+    return int(bool(value))
+
+
+def _row_key(row: dict[str, Any]) -> tuple:
+    created = row.get("created")
+    return (row["arch"], row["backend"], row["device"], row.get("batch"), row.get("crop"),
+            None if created is None else round(float(created), 3))
+
+
+def import_profiles(path: str | os.PathLike, runs_dir: str | os.PathLike) -> tuple[int, int]:
+    """Merge a profile JSON file into the store of `runs_dir`; returns (added, already present)."""
+    from kdbench.reports.store import ResultsStore
+
+    rows = read_profile_rows(path)
+    for row in rows:
+        row["source"] = row["source"] or f"import {Path(path).name}"
+    with ResultsStore(runs_dir) as store:
+        # The same file imported twice must not count its measurements twice.
+        seen = {_row_key(r) for r in store.profiles()}
+        new = [r for r in rows if r["created"] is None or _row_key(r) not in seen]
+        store.add_profiles(new)
+    return len(new), len(rows) - len(new)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """`kdbench import FILE`: add the profile rows of FILE to the results store."""
+    added, present = import_profiles(args.file, args.runs_dir)
+    extra = f" ({present} already there, skipped)" if present else ""
+    store = Path(args.runs_dir) / "results.sqlite"
+    print(f"imported {added} profile rows from {args.file} into {store}{extra}")
+    return 0

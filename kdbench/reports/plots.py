@@ -1,0 +1,192 @@
+"""Figures for `kdbench report --plots DIR`: error CDFs per scene, accuracy against latency and parameters.
+
+matplotlib is an optional extra (`pip install kdbench[plots]`), imported only here and only when plotting.
+Figures are drawn on matplotlib.figure.Figure objects, never through pyplot, so no GUI backend is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kdbench.errors import KdbenchError
+from kdbench.reports.leaderboard import (
+    AVERAGE,
+    GROUP_TITLES,
+    accuracy_table,
+    efficiency_table,
+    row_labels,
+    shown_jobs,
+)
+
+
+def _figure(**kwargs: Any):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise KdbenchError("--plots needs matplotlib: pip install 'kdbench[plots]' (or pip install "
+                           "matplotlib)") from None
+    return Figure(**kwargs)
+
+
+def _warn(message: str) -> None:
+    print(f"kdbench: plots: {message}", file=sys.stderr)
+
+
+# data ---------------------------------------------------------------------------------------------------
+def predictions_path(run_dir: str | None, runs_dir: str | os.PathLike) -> Path | None:
+    """predictions.csv of a job: run_dir as stored if absolute, else under the runs folder or the cwd."""
+    if not run_dir:
+        return None
+    candidates = [Path(run_dir)] if Path(run_dir).is_absolute() else [Path(runs_dir) / run_dir, Path(run_dir)]
+    return next((p / "predictions.csv" for p in candidates if (p / "predictions.csv").is_file()), None)
+
+
+def pooled_errors(jobs: pd.DataFrame, runs_dir: str | os.PathLike) -> pd.DataFrame:
+    """Per-image err_t and err_r of the given jobs, all seeds pooled, with a `label` column."""
+    frames = []
+    for job in jobs.itertuples():
+        path = predictions_path(job.run_dir, runs_dir)
+        if path is None:
+            _warn(f"no predictions.csv for job {job.id} (run_dir {job.run_dir!r}); left out of the CDF")
+            continue
+        pred = pd.read_csv(path, usecols=["err_t", "err_r"])
+        frames.append(pred.assign(label=job.label, seed=job.seed))
+    if not frames:
+        return pd.DataFrame(columns=["err_t", "err_r", "label", "seed"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def pareto_front(xs: list[float], ys: list[float]) -> list[int]:
+    """Indices of the points no other point beats on both x and y (lower is better), ordered by x."""
+    order = sorted(range(len(xs)), key=lambda i: (xs[i], ys[i]))
+    front, best_y = [], float("inf")
+    for i in order:
+        if ys[i] < best_y:
+            front.append(i)
+            best_y = ys[i]
+    return front
+
+
+def reference_profiles(eff: pd.DataFrame, archs: set[str]) -> tuple[pd.DataFrame, str]:
+    """Measured batch-1 rows of the one (device, backend, crop) covering most of `archs`, and its name."""
+    measured = eff[(eff["estimated"] == 0) & (eff["batch"] == 1) & eff["arch"].isin(archs)
+                   & eff["latency_median_ms"].notna()]
+    if measured.empty:
+        return measured, ""
+    # Latencies are only comparable on one device, backend and input size; ties go to torch, then crop.
+    cover = measured.groupby(["device", "backend", "crop"])["arch"].nunique().reset_index()
+    cover["torch"] = cover["backend"] == "torch"
+    best = cover.sort_values(["arch", "torch", "crop"], ascending=False).iloc[0]
+    rows = measured[(measured["device"] == best["device"]) & (measured["backend"] == best["backend"])
+                    & (measured["crop"] == best["crop"])]
+    return rows.drop_duplicates("arch", keep="last"), f"{best['backend']} on {best['device']}, " \
+                                                      f"crop {best['crop']}"
+
+
+# figures ------------------------------------------------------------------------------------------------
+def cdf_plot(errors: pd.DataFrame, scene: str, path: Path) -> Path:
+    """Cumulative distribution of translation and rotation error, one line per leaderboard row."""
+    fig = _figure(figsize=(11, 4.5), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for label, part in errors.groupby("label", sort=False):
+        seeds = part["seed"].nunique()
+        for ax, col in zip(axes, ("err_t", "err_r")):
+            x = np.sort(part[col].to_numpy(dtype=float))
+            ax.step(x, np.arange(1, len(x) + 1) / len(x), where="post",
+                    label=f"{label} ({seeds} seed{'s' if seeds > 1 else ''}, {len(x)} errors)")
+    for ax, col, unit in zip(axes, ("err_t", "err_r"), ("translation error (m)", "rotation error (deg)")):
+        hi = float(np.nanpercentile(errors[col], 99)) if len(errors) else 1.0
+        ax.set_xlim(0, hi * 1.05 or 1.0)  # the worst 1% would stretch the axis and hide the differences
+        ax.set_ylim(0, 1)
+        ax.set_xlabel(unit)
+        ax.set_ylabel("fraction of test images")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"{scene}: test errors of the last-epoch models, all seeds pooled")
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def tradeoff_plot(points: pd.DataFrame, xcol: str, xlabel: str, title: str, path: Path) -> Path:
+    """Average median translation error against `xcol`, teachers and students, Pareto front marked."""
+    fig = _figure(figsize=(7.5, 5), layout="constrained")
+    ax = fig.subplots()
+    for role, marker in (("teacher", "s"), ("student", "o")):
+        part = points[points["role"] == role]
+        ax.scatter(part[xcol], part["t_mean"], marker=marker, label=f"{role}s", zorder=3)
+    for p in points.itertuples():
+        ax.annotate(p.label, (getattr(p, xcol), p.t_mean), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")
+    front = points.iloc[pareto_front(points[xcol].tolist(), points["t_mean"].tolist())]
+    ax.step(front[xcol], front["t_mean"], where="post", color="crimson", alpha=0.6, label="Pareto front")
+    ax.scatter(front[xcol], front["t_mean"], s=160, facecolors="none", edgecolors="crimson", zorder=4)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("median translation error (m), mean over scenes and seeds")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def tradeoff_points(acc: pd.DataFrame, eff: pd.DataFrame, group: str) -> tuple[pd.DataFrame, str]:
+    """A group's average rows joined with latency and params of their architecture."""
+    avg = acc[(acc["group"] == group) & (acc["scene"] == AVERAGE)]
+    ref, where = reference_profiles(eff, set(avg["arch"]))
+    # torch rows count the model's own parameters; ONNX-only rows may count BatchNorm folded away.
+    params = eff.sort_values("backend", key=lambda b: b != "torch", kind="stable").drop_duplicates("arch")
+    params = params[["arch", "params_m"]]
+    points = avg.merge(params, on="arch", how="left")
+    points = points.merge(ref[["arch", "latency_median_ms"]], on="arch", how="left")
+    return points, where
+
+
+def write_plots(df: pd.DataFrame, profiles: pd.DataFrame, out_dir: str | os.PathLike,
+                runs_dir: str | os.PathLike = "runs") -> list[Path]:
+    """Write every figure the data allows into `out_dir` (PNG); returns the paths written."""
+    _figure()  # fail early, before any work, when matplotlib is missing
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = shown_jobs(df)
+    jobs = jobs.assign(label=row_labels(jobs))
+    acc, eff = accuracy_table(df), efficiency_table(profiles)
+    written = []
+    for scene, part in jobs.groupby("scene", sort=False):
+        errors = pooled_errors(part, runs_dir)
+        if errors.empty:
+            _warn(f"{scene}: no predictions.csv found, no CDF")
+            continue
+        written.append(cdf_plot(errors, scene, out / f"cdf-{scene}.png"))
+    for group in dict.fromkeys(acc["group"]):
+        written += _group_tradeoffs(acc, eff, group, out)
+    return written
+
+
+def _group_tradeoffs(acc: pd.DataFrame, eff: pd.DataFrame, group: str, out: Path) -> list[Path]:
+    points, where = tradeoff_points(acc, eff, group)
+    n_scenes = acc[(acc["group"] == group) & (acc["scene"] != AVERAGE)]["scene"].nunique()
+    title = f"{GROUP_TITLES.get(group, group)} ({n_scenes} scene{'s' if n_scenes > 1 else ''})"
+    unmeasured = sorted(set(points.loc[points["latency_median_ms"].isna(), "arch"]))
+    if unmeasured:
+        _warn(f"{group}: no measured batch-1 latency for {', '.join(unmeasured)} (run `kdbench profile "
+              f"--archs {','.join(unmeasured)}`); those rows are left out of the latency plot")
+    written = []
+    lat = points.dropna(subset=["latency_median_ms"])
+    if lat.empty:
+        _warn(f"{group}: no measured latency for its architectures (run `kdbench profile`), no latency plot")
+    else:
+        written.append(tradeoff_plot(lat, "latency_median_ms", f"latency (ms, batch 1, {where})",
+                                     f"{title}: accuracy vs latency", out / f"pareto-latency-{group}.png"))
+    par = points.dropna(subset=["params_m"])
+    if par.empty:
+        _warn(f"{group}: no profile rows for its architectures (run `kdbench profile`), no parameters plot")
+    else:
+        written.append(tradeoff_plot(par, "params_m", "parameters (M)", f"{title}: accuracy vs parameters",
+                                     out / f"pareto-params-{group}.png"))
+    return written

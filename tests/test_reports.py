@@ -1,0 +1,364 @@
+"""Leaderboards from a results store: numbers, order, marks, footnote, formats and plots."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import zlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kdbench.cli import main
+from kdbench.errors import KdbenchError
+from kdbench.reports.leaderboard import (
+    AVERAGE,
+    accuracy_table,
+    footnote,
+    load_profiles,
+    load_results,
+    not_shown,
+    render,
+)
+from kdbench.reports.plots import pareto_front, write_plots
+from kdbench.reports.store import ResultsStore
+
+SCENES = ("ShopFacade", "Stairs")
+METHODS = ("baseline", "vanilla", "sckd")
+SEEDS = (0, 1)
+
+
+def _add_job(store: ResultsStore, runs_dir, job_id: str, kind: str, scene: str, method: str, arch: str,
+             seed: int, metrics: dict | None, status: str = "done", n_images: int = 12) -> None:
+    """One job as the runner writes it; done jobs get metrics and a predictions.csv in their run_dir."""
+    run_dir = f"jobs/{job_id}"
+    store.upsert_job({"id": job_id, "kind": kind, "scene": scene, "method": method, "arch": arch,
+                      "teacher_arch": "resnet34" if kind == "student" else None, "seed": seed, "config": "{}",
+                      "status": "running", "run_dir": run_dir})
+    if status == "done":
+        store.finish_job(job_id, metrics)
+        rng = np.random.default_rng(zlib.crc32(job_id.encode()))
+        pred = pd.DataFrame({"image": [f"seq-01/frame-{i:06d}.color.png" for i in range(n_images)],
+                             "err_t": rng.gamma(2.0, metrics["median_t"] / 2, n_images),
+                             "err_r": rng.gamma(2.0, metrics["median_r"] / 2, n_images)})
+        (runs_dir / run_dir).mkdir(parents=True)
+        pred.to_csv(runs_dir / run_dir / "predictions.csv", index=False)
+    elif status != "running":
+        store.upsert_job({"id": job_id, "status": status, "error": "boom" if status == "failed" else None})
+
+
+@pytest.fixture
+def store_dir(tmp_path):
+    """2 scenes x 3 student methods x 2 seeds, a teacher per scene and seed, a failed and a pending job."""
+    runs = tmp_path / "runs"
+    rng = np.random.default_rng(7)
+    raw = []
+    with ResultsStore(runs) as store:
+        for scene in SCENES:
+            for seed in SEEDS:
+                rows = [("teacher", "resnet34", "baseline")] + [("student", "resnet18", m) for m in METHODS]
+                for kind, arch, method in rows:
+                    t, r = float(rng.uniform(0.3, 2.0)), float(rng.uniform(3.0, 15.0))
+                    job_id = f"{scene}-{kind}-{method}-{seed}"
+                    _add_job(store, runs, job_id, kind, scene, method, arch, seed,
+                             {"median_t": t, "median_r": r, "mean_t": 1.3 * t, "mean_r": 1.2 * r,
+                              "n_test": 12})
+                    raw.append({"scene": scene, "role": kind, "arch": arch, "method": method, "seed": seed,
+                                "median_t": t, "median_r": r})
+        for seed, status in ((0, "failed"), (1, "pending")):
+            _add_job(store, runs, f"{status}-hint", "student", "Stairs", "hint", "resnet18", seed, None,
+                     status=status)
+        store.add_profiles([
+            {"arch": "resnet18", "backend": "torch", "device": "Test CPU (cpu)", "batch": 1, "crop": 224,
+             "params": 11708999, "size_mb": 44.67, "file_mb": 44.74, "gflops": 3.63,
+             "latency_median_ms": 17.0, "latency_p90_ms": 18.0, "runs": 50, "note": "fp32"},
+            {"arch": "resnet34", "backend": "torch", "device": "Test CPU (cpu)", "batch": 1, "crop": 224,
+             "params": 21817159, "size_mb": 83.23, "file_mb": 83.3, "gflops": 7.33, "latency_median_ms": 30.0,
+             "latency_p90_ms": 32.0, "runs": 50, "note": "fp32"},
+            {"arch": "resnet18", "backend": "tensorrt-fp16", "device": "Jetson Nano (cuda)", "batch": 1,
+             "crop": 224, "params": 11708999, "size_mb": 44.67, "gflops": 3.63, "latency_median_ms": 11.4,
+             "estimated": 1, "note": "published torch2trt figure scaled by GFLOPs"},
+        ])
+    pd.DataFrame(raw).to_pickle(tmp_path / "raw.pkl")
+    return runs
+
+
+def _raw(store_dir) -> pd.DataFrame:
+    return pd.read_pickle(store_dir.parent / "raw.pkl")
+
+
+# numbers --------------------------------------------------------------------------------------------------
+def test_table_equals_direct_pandas_recomputation(store_dir):
+    acc = accuracy_table(load_results(store_dir))
+    expected = _raw(store_dir).groupby(["scene", "role", "method"]).agg(
+        n=("seed", "size"), t=("median_t", "mean"), ts=("median_t", "std"), r=("median_r", "mean"),
+        rs=("median_r", "std"))
+    per_scene = acc[acc["scene"] != AVERAGE].set_index(["scene", "role", "method"]).sort_index()
+    assert len(per_scene) == len(expected) == len(SCENES) * (1 + len(METHODS))
+    for key, row in expected.iterrows():
+        got = per_scene.loc[key]
+        assert got["n_seeds"] == row["n"] == len(SEEDS)
+        assert got[["t_mean", "t_std", "r_mean", "r_std"]].tolist() == pytest.approx(
+            [row["t"], row["ts"], row["r"], row["rs"]], rel=1e-12)
+    for scene in SCENES:
+        base = expected.loc[(scene, "student", "baseline")]
+        sckd = expected.loc[(scene, "student", "sckd")]
+        got = per_scene.loc[(scene, "student", "sckd")]
+        assert got["dt_pct"] == pytest.approx(100 * (sckd["t"] / base["t"] - 1))
+        assert got["dr_pct"] == pytest.approx(100 * (sckd["r"] / base["r"] - 1))
+
+
+def test_average_is_mean_over_scenes_of_each_group(store_dir):
+    acc = accuracy_table(load_results(store_dir))
+    # ShopFacade (cambridge) and Stairs (7scenes) are different groups: each average is its one scene.
+    for scene in SCENES:
+        group = acc[acc["scene"] == scene]["group"].iloc[0]
+        avg = acc[(acc["group"] == group) & (acc["scene"] == AVERAGE)].set_index("label")
+        one = acc[acc["scene"] == scene].set_index("label")
+        assert avg["t_mean"].to_dict() == pytest.approx(one["t_mean"].to_dict())
+
+
+def test_average_over_two_scenes_of_one_group(tmp_path):
+    runs = tmp_path / "runs"
+    with ResultsStore(runs) as store:
+        for i, (scene, t) in enumerate([("ShopFacade", 1.0), ("KingsCollege", 2.0)]):
+            for method, scale in (("baseline", 1.0), ("sckd", 0.5)):
+                _add_job(store, runs, f"j{i}{method}", "student", scene, method, "resnet18", 0,
+                         {"median_t": t * scale, "median_r": 10 * t * scale})
+        _add_job(store, runs, "only-one", "student", "ShopFacade", "hint", "resnet18", 0,
+                 {"median_t": 0.1, "median_r": 1.0})
+    acc = accuracy_table(load_results(runs)).set_index(["scene", "method"])
+    assert acc.loc[(AVERAGE, "baseline"), "t_mean"] == pytest.approx(1.5)
+    assert acc.loc[(AVERAGE, "sckd"), "r_mean"] == pytest.approx(7.5)
+    assert acc.loc[(AVERAGE, "sckd"), "dt_pct"] == pytest.approx(-50.0)
+    assert (AVERAGE, "hint") not in acc.index  # hint ran on one of the two scenes: no average
+    assert list(acc.loc["ShopFacade"].index) == ["baseline", "hint", "sckd"]  # fixed method order
+
+
+def test_teacher_first_baseline_second_best_student_marked(store_dir):
+    acc = accuracy_table(load_results(store_dir))
+    for scene in SCENES:
+        part = acc[acc["scene"] == scene]
+        assert list(part["label"]) == ["teacher resnet34", "resnet18 baseline (no KD)", "resnet18 vanilla",
+                                       "resnet18 sckd"]
+        students = part[part["role"] == "student"]
+        for metric, flag in (("t_mean", "best_t"), ("r_mean", "best_r")):
+            best = students.loc[students[metric].idxmin(), "label"]
+            assert part.loc[part[flag], "label"].tolist() == [best]
+        assert not part[part["role"] == "teacher"][["best_t", "best_r"]].any(axis=None)
+    md = render(load_results(store_dir), load_profiles(store_dir), "markdown")
+    best = acc[(acc["scene"] == "Stairs") & acc["best_t"]].iloc[0]
+    assert f"**{best['t_mean']:.2f}** ± {best['t_std']:.2f}" in md
+
+
+def test_failed_and_unfinished_jobs_counted_in_footnote(store_dir):
+    df = load_results(store_dir)
+    counts = not_shown(df)
+    assert counts["failed"] == 1 and counts["unfinished"] == 1
+    assert "hint" not in set(accuracy_table(df)["method"])
+    note = "1 failed and 1 unfinished jobs are not shown; see `kdbench runs --status failed`."
+    assert footnote(counts) == note
+    assert note in render(df, load_profiles(store_dir), "markdown")
+    # Restricted to ShopFacade, the Stairs failures are out of scope and no footnote is written.
+    assert footnote(not_shown(load_results(store_dir, scenes="ShopFacade"))) == ""
+
+
+def test_rerun_of_same_row_and_seed_counts_once(tmp_path):
+    runs = tmp_path / "runs"
+    with ResultsStore(runs) as store:
+        _add_job(store, runs, "old", "student", "Stairs", "baseline", "resnet18", 0, {"median_t": 9.0,
+                                                                                    "median_r": 9.0})
+        _add_job(store, runs, "new", "student", "Stairs", "baseline", "resnet18", 0, {"median_t": 1.0,
+                                                                                    "median_r": 2.0})
+    df = load_results(runs)
+    acc = accuracy_table(df)
+    row = acc[acc["scene"] == "Stairs"].iloc[0]
+    assert (row["n_seeds"], row["t_mean"]) == (1, 1.0)
+    assert not_shown(df)["superseded"] == 1
+
+
+def test_estimated_profiles_are_labelled(store_dir):
+    md = render(load_results(store_dir), load_profiles(store_dir), "markdown")
+    assert "(estimated: published torch2trt figure scaled by GFLOPs)" in md
+    assert "≈11.40" in md
+    efficiency = md.split("## Efficiency")[1]
+    lines = [ln for ln in efficiency.splitlines() if ln.startswith("| resnet")]
+    assert [ln.split("|")[3].strip() for ln in lines] == ["torch", "tensorrt-fp16", "torch"]
+
+
+# formats --------------------------------------------------------------------------------------------------
+def test_csv_round_trip(store_dir):
+    df, profiles = load_results(store_dir), load_profiles(store_dir)
+    back = pd.read_csv(io.StringIO(render(df, profiles, "csv")))
+    acc = accuracy_table(df)
+    got = back[back["table"] == "accuracy"].reset_index(drop=True)
+    assert got["label"].tolist() == acc["label"].tolist()
+    for col in ("n_seeds", "t_mean", "t_std", "r_mean", "r_std", "dt_pct", "dr_pct"):
+        np.testing.assert_allclose(got[col].astype(float), acc[col].astype(float), rtol=1e-12)
+    assert got["best_t"].astype(bool).tolist() == acc["best_t"].tolist()
+    eff = back[back["table"] == "efficiency"]
+    assert sorted(eff["latency_median_ms"]) == [11.4, 17.0, 30.0]
+
+
+def test_json_round_trip(store_dir):
+    df, profiles = load_results(store_dir), load_profiles(store_dir)
+    doc = json.loads(render(df, profiles, "json"))
+    back = pd.DataFrame(doc["accuracy"])
+    acc = accuracy_table(df)
+    assert back["label"].tolist() == acc["label"].tolist()
+    for col in ("t_mean", "t_std", "r_mean", "r_std", "dt_pct"):
+        np.testing.assert_allclose(back[col].astype(float), acc[col].astype(float), rtol=1e-12)
+    assert doc["not_shown"]["failed"] == 1
+    assert "last-epoch" in doc["caption"]
+    assert len(doc["efficiency"]) == 3
+
+
+def test_terminal_render_has_groups_and_efficiency(store_dir):
+    text = render(load_results(store_dir), load_profiles(store_dir), "terminal")
+    for part in ("Cambridge Landmarks: ShopFacade", "7-Scenes: Stairs", "Efficiency", "teacher resnet34",
+                 "1 failed and 1 unfinished"):
+        assert part in text
+
+
+def test_unknown_format_is_an_error(store_dir):
+    with pytest.raises(KdbenchError, match="unknown report format"):
+        render(load_results(store_dir), load_profiles(store_dir), "html")
+
+
+SNAPSHOT = """\
+# kdbench leaderboard
+
+Median test error, translation (m) / rotation (deg), of each run's last-epoch model on the test split (no epoch is selected on test data); mean ± std over seeds, n = number of seeds (std left out when n = 1). Δ: change of the mean against the no-KD student (baseline) of the same architecture, negative is better. Bold: best student per column. Average: mean over the scenes shown, only for rows that have every one of them.
+
+## 7-Scenes: Stairs
+
+| method                    | Stairs t (m) / r (deg)               | Stairs Δ t / r   |
+|---------------------------|--------------------------------------|------------------|
+| teacher resnet34          | 0.20 / 10.00 (n=1)                   | –                |
+| resnet18 baseline (no KD) | 0.50 ± 0.14 / **12.00** ± 2.83 (n=2) | ref.             |
+| resnet18 sckd             | **0.40** ± 0.00 / 13.00 ± 1.41 (n=2) | -20% / +8%       |
+
+## Efficiency
+
+Sizes in MiB (2^20 bytes): params × 4 bytes (fp32), and the saved file (torch state_dict, or the .onnx file). GFLOPs: torch FlopCounterMode at batch 1 and the crop, a multiply-add counted as 2 FLOPs (convolutions and matrix products only); empty where measured without torch. Latency: median / p90 in ms per batch over at least 50 timed runs after warm-up; ≈ marks estimates, which are not measurements.
+
+| arch     | device    | backend   | batch x crop   | params (M)   | size (MiB)   | file (MiB)   | GFLOPs   | latency median (ms)   | p90 (ms)   | note       |
+|----------|-----------|-----------|----------------|--------------|--------------|--------------|----------|-----------------------|------------|------------|
+| resnet18 | CPU (cpu) | torch     | 1 x 224        | 11.71        | 44.7         | 44.7         | 3.63     | 17.00                 | 18.00      | fp32, a\\|b |
+
+_1 failed job is not shown; see `kdbench runs --status failed`._
+"""  # noqa: E501
+
+
+def test_markdown_snapshot(tmp_path):
+    runs = tmp_path / "runs"
+    with ResultsStore(runs) as store:
+        _add_job(store, runs, "t0", "teacher", "Stairs", "baseline", "resnet34", 0,
+                 {"median_t": 0.2, "median_r": 10.0})
+        for seed, (bt, br, st, sr) in enumerate([(0.4, 10.0, 0.4, 12.0), (0.6, 14.0, 0.4, 14.0)]):
+            _add_job(store, runs, f"b{seed}", "student", "Stairs", "baseline", "resnet18", seed,
+                     {"median_t": bt, "median_r": br})
+            _add_job(store, runs, f"s{seed}", "student", "Stairs", "sckd", "resnet18", seed,
+                     {"median_t": st, "median_r": sr})
+        _add_job(store, runs, "f", "student", "Stairs", "hint", "resnet18", 0, None, status="failed")
+        store.add_profiles([{"arch": "resnet18", "backend": "torch", "device": "CPU (cpu)", "batch": 1,
+                             "crop": 224, "params": 11708999, "size_mb": 44.666, "file_mb": 44.736,
+                             "gflops": 3.628, "latency_median_ms": 17.0, "latency_p90_ms": 18.0, "runs": 50,
+                             "note": "fp32, a|b", "created": 1.0}])
+    md = render(load_results(runs), load_profiles(runs), "markdown")
+    assert md == SNAPSHOT
+
+
+# command line and plots -------------------------------------------------------------------------------------
+def test_report_command_writes_file(store_dir, tmp_path, capsys):
+    out = tmp_path / "LEADERBOARD.md"
+    assert main(["report", "--runs-dir", str(store_dir), "--out", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert text.startswith("# kdbench leaderboard") and "## Efficiency" in text
+    assert main(["report", "--runs-dir", str(store_dir), "--scenes", "Stairs", "--format", "csv"]) == 0
+    back = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert set(back["scene"].dropna()) == {"Stairs", AVERAGE}
+
+
+def test_report_without_store_is_a_clear_error(tmp_path, capsys):
+    assert main(["report", "--runs-dir", str(tmp_path / "nowhere")]) == 2
+    assert "no results store" in capsys.readouterr().err
+
+
+def test_plots_are_written(store_dir, tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "plots"
+    paths = write_plots(load_results(store_dir), load_profiles(store_dir), out, runs_dir=store_dir)
+    names = sorted(p.name for p in paths)
+    assert names == ["cdf-ShopFacade.png", "cdf-Stairs.png", "pareto-latency-7scenes.png",
+                     "pareto-latency-cambridge.png", "pareto-params-7scenes.png",
+                     "pareto-params-cambridge.png"]
+    for path in paths:
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_report_command_plots(store_dir, tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "figs"
+    assert main(["report", "--runs-dir", str(store_dir), "--scenes", "ShopFacade", "--plots", str(out)]) == 0
+    assert (out / "cdf-ShopFacade.png").stat().st_size > 0
+    assert not (out / "cdf-Stairs.png").exists()
+
+
+def test_pareto_front():
+    xs = [1.0, 2.0, 2.0, 3.0, 4.0]
+    ys = [5.0, 3.0, 4.0, 3.5, 1.0]
+    assert pareto_front(xs, ys) == [0, 1, 4]
+
+
+# a store written by real (tiny) runs ------------------------------------------------------------------------
+@pytest.mark.slow
+def test_real_tiny_runs_give_tables_equal_to_pandas(tiny_data_root, tmp_path):
+    import sqlite3
+
+    from kdbench.runners import run_benchmark
+
+    runs = tmp_path / "runs"
+    tiny = dict(runs_dir=runs, data_root=tiny_data_root, quiet=True, epochs=1, batch_size=4, load_size=32,
+                crop_size=28)
+    # 7 jobs: teacher, baseline and vanilla on both scenes with seed 0; a second baseline seed on SynthRoom
+    # gives one row with n = 2 (a std) next to rows with n = 1.
+    first = run_benchmark("baseline,vanilla", "SynthRoom,SynthStreet", [0], **tiny)
+    second = run_benchmark("baseline", "SynthRoom", [1], **tiny)
+    assert not first.failed and not second.failed and len(first.done) + len(second.done) == 7
+    # Recompute straight from the SQLite file, without any kdbench code.
+    with sqlite3.connect(runs / "results.sqlite") as con:
+        jobs = pd.read_sql_query("SELECT * FROM jobs WHERE status = 'done'", con)
+        metrics = pd.read_sql_query("SELECT * FROM metrics", con)
+    wide = jobs.join(metrics.pivot(index="job_id", columns="name", values="value"), on="id")
+    expected = wide.groupby(["scene", "kind", "method"]).agg(
+        n=("seed", "size"), t=("median_t", "mean"), ts=("median_t", "std"), r=("median_r", "mean"),
+        rs=("median_r", "std"))
+    df = load_results(runs)
+    acc = accuracy_table(df)
+    got = acc[acc["scene"] != AVERAGE].set_index(["scene", "role", "method"])
+    assert len(got) == len(expected) == 2 * 3
+    assert expected["n"].tolist().count(2) == 1
+    for (scene, kind, method), row in expected.iterrows():
+        g = got.loc[(scene, kind, method)]
+        assert g["n_seeds"] == row["n"]
+        assert [g["t_mean"], g["r_mean"]] == pytest.approx([row["t"], row["r"]], rel=1e-12)
+        assert [g["t_std"], g["r_std"]] == pytest.approx([row["ts"], row["rs"]], rel=1e-12, nan_ok=True)
+    base, van = expected.loc[("SynthRoom", "student", "baseline")], expected.loc[("SynthRoom", "student", "vanilla")]
+    assert got.loc[("SynthRoom", "student", "vanilla"), "dt_pct"] == pytest.approx(100 * (van["t"] / base["t"] - 1))
+    avg = acc[acc["scene"] == AVERAGE].set_index(["role", "method"])
+    per_scene = expected.groupby(["kind", "method"])["t"].mean()
+    for (kind, method), t in per_scene.items():
+        assert avg.loc[(kind, method), "t_mean"] == pytest.approx(t, rel=1e-12)
+    # The medians in the store are the medians of the per-image errors the runs wrote.
+    for job in wide.itertuples():
+        pred = pd.read_csv(runs / job.run_dir / "predictions.csv")
+        assert np.median(pred["err_t"]) == pytest.approx(job.median_t, rel=1e-6)
+    md = render(df, load_profiles(runs), "markdown")
+    assert "## Synthetic scenes: SynthRoom, SynthStreet" in md and "resnet18 vanilla" in md
+    if importlib.util.find_spec("matplotlib"):
+        paths = write_plots(df, load_profiles(runs), tmp_path / "plots", runs_dir=runs)
+        assert {p.name for p in paths} == {"cdf-SynthRoom.png", "cdf-SynthStreet.png"}  # no profiles: no Pareto
