@@ -68,6 +68,7 @@ def run_benchmark(methods: str | list[str] = "all", scenes: str | list[str] = "s
     `overrides` set TrainConfig fields for every job (e.g. epochs=2, load_size=32 in tests).
     """
     t_start = time.perf_counter()
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     plugins = [str(Path(p).resolve()) for p in plugins or []]
     for p in plugins:
         load_plugin(p)

@@ -86,7 +86,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     res = run_benchmark(methods=args.methods, scenes=args.scenes, seeds=args.seeds, teacher_arch=args.teacher_arch,
                         student_arch=args.student_arch, preset=args.preset, sets=args.sets, plugins=args.plugin,
                         executor=args.executor, address=args.address, runs_dir=args.runs_dir,
-                        data_root=args.data_root, quiet=args.quiet)
+                        data_root=args.data_root, quiet=args.quiet, epochs=args.epochs, batch_size=args.batch_size,
+                        load_size=args.load_size, crop_size=args.crop)
     print_leaderboard(args.runs_dir, args.scenes)
     print(f"{len(res.jobs)} jobs: {len(res.done)} trained now, {len(res.reused)} reused, {len(res.failed)} failed "
           f"({res.seconds:.0f} s). Store: {res.store_path}")
@@ -99,10 +100,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def print_leaderboard(runs_dir: str, scenes: str | None) -> None:
-    """The terminal leaderboard of the results store."""
-    from kdbench.reports.leaderboard import render_report
+    """The leaderboard of the results store: rich tables on a terminal, markdown when piped."""
+    import sys
 
-    out_console.print(render_report(runs_dir, scenes=scenes, fmt="markdown"))
+    from kdbench.reports.leaderboard import load_profiles, load_results, render
+
+    fmt = "terminal" if sys.stdout.isatty() else "markdown"
+    print(render(load_results(runs_dir, scenes), load_profiles(runs_dir), fmt=fmt))
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

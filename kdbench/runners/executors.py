@@ -13,6 +13,8 @@ from kdbench.errors import KdbenchError
 from kdbench.runners.jobs import run_job, teacher_checkpoint
 from kdbench.runners.plan import Job
 
+CPUS_PER_RAY_JOB = 1
+
 
 def _teacher_failed(job: Job, teacher_result: dict[str, Any] | None) -> dict[str, Any] | None:
     if teacher_result is not None and teacher_result.get("status") != "done":
@@ -24,7 +26,7 @@ def _teacher_failed(job: Job, teacher_result: dict[str, Any] | None) -> dict[str
 def run_local(jobs: list[Job], teachers: dict[str, Job], runs_dir: str | os.PathLike,
               data_root: str | os.PathLike | None, plugins: tuple[str, ...] = (),
               on_start: Callable[[Job], None] | None = None,
-              on_epoch: Callable[[int, int, float], None] | None = None) -> Iterator[dict[str, Any]]:
+              on_epoch: Callable[[int, int, float], None] | None = None, **_: Any) -> Iterator[dict[str, Any]]:
     """Run jobs one after another (they come in dependency order) and yield each result."""
     results: dict[str, dict[str, Any]] = {}
     for job in jobs:
@@ -46,6 +48,9 @@ def _ray_job(job: Job, runs_dir: str, data_root: str | None, teacher_ckpt: str |
     failed = _teacher_failed(job, teacher_result)
     if failed:
         return failed
+    import torch
+
+    torch.set_num_threads(CPUS_PER_RAY_JOB)  # results are bitwise reproducible for a given thread count
     return run_job(job, runs_dir, data_root, teacher_ckpt, plugins)
 
 
@@ -65,7 +70,7 @@ def run_ray(jobs: list[Job], teachers: dict[str, Job], runs_dir: str | os.PathLi
             raise KdbenchError(f"could not start or join a Ray cluster (address {address or 'local'}): {exc}") from None
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
-        task = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_retries=0)(_ray_job)
+        task = ray.remote(num_cpus=CPUS_PER_RAY_JOB, num_gpus=1 if gpus else 0, max_retries=0)(_ray_job)
         runs_dir, data_root = os.path.abspath(runs_dir), (os.path.abspath(data_root) if data_root else None)
         refs: dict[str, Any] = {}
         pending = {}

@@ -69,7 +69,7 @@ CATALOG: tuple[SceneSpec, ...] = (
     # Rendered offline by `kdbench scenes synth`: 6 sequences of 100 frames, train 1-4, test 5-6.
     SceneSpec("SynthRoom", "synthetic", "7scenes", "SynthRoom", 400, 200, (1, 2, 3, 4), (5, 6), 10.0,
               licence="generated"),
-    SceneSpec("SynthStreet", "synthetic", "cambridge", "SynthStreet", 400, 200, (1, 2, 3, 4), (5, 6), 10.0,
+    SceneSpec("SynthStreet", "synthetic", "cambridge", "SynthStreet", 400, 200, (1, 2, 3, 4), (5, 6), 100.0,
               licence="generated"),
 )
 
@@ -92,8 +92,8 @@ def get_scene(name: str | SceneSpec) -> SceneSpec:
     if key in _BY_KEY:
         return _BY_KEY[key]
     options = [s.name for s in CATALOG] + list(GROUPS)
-    close = difflib.get_close_matches(key, [o.lower() for o in options], n=3, cutoff=0.5)
-    close_names = [o for o in options if o.lower() in close]
+    by_lower = {o.lower(): o for o in options}
+    close_names = [by_lower[c] for c in difflib.get_close_matches(key, list(by_lower), n=3, cutoff=0.5)]
     hint = f" Did you mean {', '.join(close_names)}?" if close_names else ""
     raise KdbenchError(
         f"unknown scene {name!r}.{hint} Known scenes: {', '.join(s.name for s in CATALOG)}; "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from kdbench.config import get_preset
 from kdbench.errors import KdbenchError
 from kdbench.scenes.catalog import data_root, get_scene, resolve_scenes
 
@@ -56,6 +57,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         raise KdbenchError(f"--size {args.size!r}: expected WIDTHxHEIGHT, e.g. 160x120") from None
     path = render_scene(spec, args.data_root, frames_per_seq=args.frames, size=(w, h), seed=args.seed,
                         quiet=args.quiet)
-    prepare_scene(spec, args.data_root, quiet=args.quiet)
+    # Synthetic scenes serve the offline quick preset: cache at its size rather than upsampling to 256 px.
+    prepare_scene(spec, args.data_root, load_size=get_preset("quick").load_size, quiet=args.quiet)
     print(path)
     return 0
