@@ -1,6 +1,6 @@
 """Distillation methods: the registry and one module per built-in method."""
 
-from kdbench.methods.base import GroundTruth, HParam, LossContext, Method, PoseLoss
+from kdbench.methods.base import GroundTruth, HParam, LayersMethod, LossContext, Method, PoseLoss
 from kdbench.methods.registry import (
     available_methods,
     create_method,
@@ -17,6 +17,6 @@ from kdbench.methods import baseline, vanilla, attentive, similarity, hint, sckd
 # isort: on
 
 __all__ = [
-    "GroundTruth", "HParam", "LossContext", "Method", "PoseLoss", "available_methods", "create_method",
+    "GroundTruth", "HParam", "LayersMethod", "LossContext", "Method", "PoseLoss", "available_methods", "create_method",
     "get_method", "load_plugin", "parse_set_args", "register_method", "resolved_params",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from kdbench.errors import KdbenchError
-from kdbench.methods.base import GroundTruth, HParam, LossContext, Method
+from kdbench.methods.base import GroundTruth, HParam, LayersMethod, LossContext
 from kdbench.methods.checks import check_count, check_nonnegative
 from kdbench.methods.functional import attention_transfer
 from kdbench.methods.registry import register_method
@@ -13,7 +13,7 @@ from kdbench.models import PoseOutput
 
 
 @register_method("at")
-class AT(Method):
+class AT(LayersMethod):
     description = "attention transfer (Zagoruyko 2017): L_gt + w sum MSE(normalize(mean_c f_s^2), ... f_t^2)"
     hparams = {
         "w": HParam(1000.0, "float", "weight of the attention term"),
@@ -27,12 +27,6 @@ class AT(Method):
         flat = [n for n in self.layers if n in ("pool", "embed")]
         if flat:
             raise KdbenchError(f"{self.name}.layers: {', '.join(flat)} has no spatial map; use stem or layer1-4")
-
-    def student_taps(self) -> tuple[str, ...]:
-        return self.layers
-
-    def teacher_taps(self) -> tuple[str, ...]:
-        return self.layers
 
     def setup(self, student: PoseOutput, teacher: PoseOutput | None) -> None:
         for n in self.layers:  # fail on the first batch, not deep inside the loss

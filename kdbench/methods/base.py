@@ -151,3 +151,13 @@ class Method(nn.Module):
              ctx: LossContext) -> dict[str, torch.Tensor]:
         """Named loss terms whose sum is the training loss, the ground-truth term included."""
         raise NotImplementedError
+
+
+class LayersMethod(Method):
+    """A method that taps the same layers, its `layers` hyperparameter, in student and teacher."""
+
+    def student_taps(self) -> tuple[str, ...]:
+        return tuple(self.layers)
+
+    def teacher_taps(self) -> tuple[str, ...]:
+        return tuple(self.layers)

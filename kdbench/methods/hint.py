@@ -6,14 +6,14 @@ import torch
 from torch import nn
 
 from kdbench.methods.adaptors import build_adaptors, hint_mse, require_setup
-from kdbench.methods.base import GroundTruth, HParam, LossContext, Method
+from kdbench.methods.base import GroundTruth, HParam, LayersMethod, LossContext
 from kdbench.methods.checks import check_count, check_nonnegative
 from kdbench.methods.registry import register_method
 from kdbench.models import PoseOutput
 
 
 @register_method("hint")
-class Hint(Method):
+class Hint(LayersMethod):
     description = "FitNet hints: L_gt + w sum MSE(r(f_s), f_t), r = trained 1x1 conv + BatchNorm adaptor"
     hparams = {
         "w": HParam(100.0, "float", "weight of the hint term"),
@@ -25,12 +25,6 @@ class Hint(Method):
         check_nonnegative(f"{self.name}.w", self.w)
         check_count(f"{self.name}.layers", self.layers, 1)
         self.adaptors = nn.ModuleDict()
-
-    def student_taps(self) -> tuple[str, ...]:
-        return self.layers
-
-    def teacher_taps(self) -> tuple[str, ...]:
-        return self.layers
 
     def setup(self, student: PoseOutput, teacher: PoseOutput | None) -> None:
         if not self.adaptors:  # once: a second call must not replace trained weights

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from kdbench.methods.base import GroundTruth, HParam, LossContext, Method
+from kdbench.methods.base import GroundTruth, HParam, LayersMethod, LossContext
 from kdbench.methods.checks import check_count, check_nonnegative
 from kdbench.methods.functional import pkt
 from kdbench.methods.registry import register_method
@@ -12,7 +12,7 @@ from kdbench.models import PoseOutput
 
 
 @register_method("pkt")
-class PKT(Method):
+class PKT(LayersMethod):
     description = "probabilistic KT (Passalis 2018): L_gt + w KL of row-normalised [0, 1] cosine kernels"
     hparams = {
         "w": HParam(30000.0, "float", "weight of the PKT term (the reference code's)"),
@@ -23,12 +23,6 @@ class PKT(Method):
         super().__init__(**params)
         check_nonnegative(f"{self.name}.w", self.w)
         check_count(f"{self.name}.layers", self.layers, 1)
-
-    def student_taps(self) -> tuple[str, ...]:
-        return self.layers
-
-    def teacher_taps(self) -> tuple[str, ...]:
-        return self.layers
 
     def loss(self, student: PoseOutput, teacher: PoseOutput | None, gt: GroundTruth,
              ctx: LossContext) -> dict[str, torch.Tensor]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from kdbench.methods.base import GroundTruth, HParam, LossContext, Method
+from kdbench.methods.base import GroundTruth, HParam, LayersMethod, LossContext
 from kdbench.methods.checks import check_count, check_nonnegative
 from kdbench.methods.functional import rkd_angle, rkd_distance
 from kdbench.methods.registry import register_method
@@ -12,7 +12,7 @@ from kdbench.models import PoseOutput
 
 
 @register_method("rkd")
-class RKD(Method):
+class RKD(LayersMethod):
     description = "relational KD (Park 2019): L_gt + w_d smooth-L1(distances) + w_a smooth-L1(angles)"
     hparams = {
         "w_d": HParam(25.0, "float", "weight of the distance term"),
@@ -25,12 +25,6 @@ class RKD(Method):
         check_nonnegative(f"{self.name}.w_d", self.w_d)
         check_nonnegative(f"{self.name}.w_a", self.w_a)
         check_count(f"{self.name}.layers", self.layers, 1)
-
-    def student_taps(self) -> tuple[str, ...]:
-        return self.layers
-
-    def teacher_taps(self) -> tuple[str, ...]:
-        return self.layers
 
     def loss(self, student: PoseOutput, teacher: PoseOutput | None, gt: GroundTruth,
              ctx: LossContext) -> dict[str, torch.Tensor]:

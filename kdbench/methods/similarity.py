@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from kdbench.methods.base import GroundTruth, HParam, LossContext, Method
+from kdbench.methods.base import GroundTruth, HParam, LayersMethod, LossContext
 from kdbench.methods.checks import check_count, check_nonnegative
 from kdbench.methods.functional import similarity_preserving
 from kdbench.methods.registry import register_method
@@ -12,7 +12,7 @@ from kdbench.models import PoseOutput
 
 
 @register_method("similarity")
-class Similarity(Method):
+class Similarity(LayersMethod):
     description = "similarity-preserving KD (Tung & Mori 2019): L_gt + gamma sum ||G~_t - G~_s||_F^2 / b^2"
     hparams = {
         "gamma": HParam(3000.0, "float", "weight of the similarity-preserving term"),
@@ -23,12 +23,6 @@ class Similarity(Method):
         super().__init__(**params)
         check_nonnegative(f"{self.name}.gamma", self.gamma)
         check_count(f"{self.name}.layers", self.layers, 1)
-
-    def student_taps(self) -> tuple[str, ...]:
-        return self.layers
-
-    def teacher_taps(self) -> tuple[str, ...]:
-        return self.layers
 
     def loss(self, student: PoseOutput, teacher: PoseOutput | None, gt: GroundTruth,
              ctx: LossContext) -> dict[str, torch.Tensor]:
