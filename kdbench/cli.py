@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="leaderboards from the results store")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--scenes", default=None, help="restrict to these scenes or groups")
+    p.add_argument("--preset", default=None, help="show this preset's results (default: the latest run's)")
     p.add_argument("--format", default="markdown", choices=["markdown", "terminal", "csv", "json"])
     p.add_argument("--out", default=None, help="write to FILE instead of standard output")
     p.add_argument("--plots", default=None, metavar="DIR", help="also write plots there (needs the plots extra)")

@@ -362,3 +362,24 @@ def test_real_tiny_runs_give_tables_equal_to_pandas(tiny_data_root, tmp_path):
     if importlib.util.find_spec("matplotlib"):
         paths = write_plots(df, load_profiles(runs), tmp_path / "plots", runs_dir=runs)
         assert {p.name for p in paths} == {"cdf-SynthRoom.png", "cdf-SynthStreet.png"}  # no profiles: no Pareto
+
+
+def test_presets_are_never_mixed(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    with ResultsStore(runs) as store:
+        for preset, t in (("quick", 1.0), ("paper", 0.2)):
+            for method in ("baseline", "sckd"):
+                job_id = f"{preset}-{method}"
+                _add_job(store, runs, job_id, "student", "Stairs", method, "resnet18", 0,
+                         {"median_t": t, "median_r": 10 * t})
+                store.upsert_job({"id": job_id, "preset": preset})
+    latest = load_results(runs)  # paper finished last: it is shown, quick is counted
+    acc = accuracy_table(latest)
+    assert latest.attrs["preset"] == "paper"
+    assert sorted(acc.loc[acc["scene"] == "Stairs", "t_mean"].round(3)) == [0.2, 0.2]
+    assert not_shown(latest)["of other presets"] == 2
+    assert "of other presets are not shown" in footnote(not_shown(latest))
+    quick = accuracy_table(load_results(runs, preset="quick"))
+    assert sorted(quick.loc[quick["scene"] == "Stairs", "t_mean"].round(3)) == [1.0, 1.0]
+    assert main(["report", "--runs-dir", str(runs), "--preset", "fast"]) == 2
+    assert "no results of preset 'fast'" in capsys.readouterr().err

@@ -25,7 +25,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Print or write the leaderboard; with --plots also write the figures."""
     from kdbench.reports import leaderboard
 
-    df = leaderboard.load_results(args.runs_dir, args.scenes)
+    df = leaderboard.load_results(args.runs_dir, args.scenes, args.preset)
     profiles = leaderboard.load_profiles(args.runs_dir)
     if args.format == "terminal" and not args.out:
         _print_terminal(df, profiles)

@@ -62,13 +62,34 @@ def _scene_rank(scene: str) -> int:
     return names.index(scene.lower()) if scene.lower() in names else len(names)
 
 
-def load_results(runs_dir: str | os.PathLike, scenes: str | None = None) -> pd.DataFrame:
-    """One row per job in the store (every status), with its metrics as columns (NaN where absent)."""
+def load_results(runs_dir: str | os.PathLike, scenes: str | None = None, preset: str | None = None) -> pd.DataFrame:
+    """One row per job in the store (every status), with its metrics as columns (NaN where absent).
+
+    Results of different presets are never mixed: jobs of presets other than `preset` (default: the preset
+    of the most recently finished job) are kept out of the tables and counted in the footnote.
+    """
     with open_store(runs_dir) as store:
-        jobs = pd.read_sql_query("SELECT id, kind, scene, method, arch, teacher_arch, seed, status, error, "
-                                 "run_dir, train_seconds, updated FROM jobs ORDER BY created", store.conn)
+        jobs = pd.read_sql_query("SELECT id, kind, scene, method, arch, teacher_arch, seed, preset, status, "
+                                 "error, run_dir, train_seconds, updated FROM jobs ORDER BY created", store.conn)
         metrics = pd.read_sql_query("SELECT job_id, name, value FROM metrics", store.conn)
-    return results_frame(jobs, metrics, scenes)
+    return select_preset(results_frame(jobs, metrics, scenes), preset)
+
+
+def select_preset(df: pd.DataFrame, preset: str | None = None) -> pd.DataFrame:
+    """Mark the rows of one preset (column `in_preset`); the chosen preset is kept in df.attrs."""
+    df = df.copy()
+    if "preset" not in df:
+        df["preset"] = None
+    done = df[df["status"] == "done"]
+    if preset is None and done["preset"].nunique() > 1:
+        preset = done.sort_values("updated", kind="stable")["preset"].iloc[-1]
+    if preset is not None and preset not in set(df["preset"]):
+        known = ", ".join(sorted(str(p) for p in df["preset"].dropna().unique())) or "none"
+        raise KdbenchError(f"no results of preset {preset!r} in this store (presets present: {known})")
+    df["in_preset"] = True if preset is None else (df["preset"] == preset)
+    df.attrs["preset"] = preset
+    df.attrs["other_presets"] = sorted(str(p) for p in df.loc[~df["in_preset"], "preset"].dropna().unique())
+    return df
 
 
 def results_frame(jobs: pd.DataFrame, metrics: pd.DataFrame, scenes: str | None = None) -> pd.DataFrame:
@@ -97,7 +118,8 @@ def load_profiles(runs_dir: str | os.PathLike) -> pd.DataFrame:
 # accuracy ------------------------------------------------------------------------------------------------
 def shown_jobs(df: pd.DataFrame) -> pd.DataFrame:
     """Done jobs with both medians; when a (row, seed) ran more than once, the latest run counts."""
-    done = df[(df["status"] == "done") & df["median_t"].notna() & df["median_r"].notna()].copy()
+    in_preset = df["in_preset"] if "in_preset" in df else True
+    done = df[(df["status"] == "done") & df["median_t"].notna() & df["median_r"].notna() & in_preset].copy()
     # Teachers and the no-KD student learn without a teacher: their teacher_arch must not split rows.
     no_teacher = (done["role"] == "teacher") | (done["method"] == "baseline")
     done["teacher_arch"] = done["teacher_arch"].where(~no_teacher, "").fillna("")
@@ -107,11 +129,14 @@ def shown_jobs(df: pd.DataFrame) -> pd.DataFrame:
 
 def not_shown(df: pd.DataFrame) -> dict[str, int]:
     """Counts of jobs left out of the tables: failed, unfinished (pending/running), superseded reruns."""
+    other = ~df["in_preset"] if "in_preset" in df else pd.Series(False, index=df.index)
+    df = df[~other]
     done = (df["status"] == "done") & df["median_t"].notna() & df["median_r"].notna()
     return {"failed": int((df["status"] == "failed").sum()),
             "unfinished": int(df["status"].isin(["pending", "running"]).sum()),
             "without metrics": int(((df["status"] == "done") & ~done).sum()),
-            "superseded": int(done.sum() - len(shown_jobs(df)))}
+            "superseded": int(done.sum() - len(shown_jobs(df))),
+            "of other presets": int(other.sum())}
 
 
 def arch_rank(arch: str) -> int:
@@ -289,10 +314,14 @@ def efficiency_display(eff: pd.DataFrame) -> pd.DataFrame:
 
 def footnote(counts: dict[str, int]) -> str:
     """'2 failed and 1 unfinished jobs are not shown; see `kdbench runs --status failed`.' or ''."""
-    parts = [f"{n} {what}" for what, n in counts.items() if n and what != "superseded"]
+    separate = ("superseded", "of other presets")
+    parts = [f"{n} {what}" for what, n in counts.items() if n and what not in separate]
     lines = []
+    if counts.get("of other presets"):
+        lines.append(f"{counts['of other presets']} job(s) of other presets are not shown: presets are never "
+                     "mixed in one table; choose one with `kdbench report --preset NAME`.")
     if parts:
-        total = sum(n for what, n in counts.items() if what != "superseded")
+        total = sum(n for what, n in counts.items() if what not in separate)
         noun = "job is" if total == 1 else "jobs are"
         see = "`kdbench runs --status failed`" if counts.get("failed") else "`kdbench runs`"
         lines.append(f"{' and '.join(parts)} {noun} not shown; see {see}.")
