@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from kdbench.errors import KdbenchError
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def epoch_lr(base_lr: float, schedule: str, epoch: int, epochs: int) -> float:
+    """Learning rate of a 0-based epoch: constant, or cosine from base_lr towards 0 at the end."""
+    if schedule == "cosine":
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    return base_lr
 
 
 @dataclass(frozen=True)
@@ -24,17 +34,19 @@ class Preset:
     student_epochs: int
     weights: str  # "imagenet" | "none" | path
     beta: float | None  # None: the scene's catalog beta
+    lr_schedule: str  # "constant" | "cosine" (decays to 0 by the last epoch, so the scored model is settled)
     description: str
 
 
 PRESETS: dict[str, Preset] = {
     # The SCKD paper's setting (load 256, crop 224, batch 32, 500 epochs, Adam 1e-3, beta 500, ImageNet).
-    "paper": Preset("paper", 256, 224, 32, 1e-3, 0.0, 500, 500, "imagenet", 500.0,
+    "paper": Preset("paper", 256, 224, 32, 1e-3, 0.0, 500, 500, "imagenet", 500.0, "constant",
                     "SCKD paper setting: 256/224 px, batch 32, 500 epochs, Adam 1e-3, beta 500, ImageNet"),
     # Offline on a 2-core laptop CPU: tiny images, from scratch; teachers get more epochs than students
     # so that they are clearly better and KD has something to teach.
-    "quick": Preset("quick", 64, 56, 32, 1e-3, 0.0, 30, 12, "none", None,
-                    "offline CPU smoke benchmark: 64/56 px, from scratch, teacher 30 / student 12 epochs"),
+    "quick": Preset("quick", 64, 56, 32, 1e-3, 0.0, 30, 12, "none", None, "cosine",
+                    "offline CPU smoke benchmark: 64/56 px, from scratch, teacher 30 / student 12 epochs, "
+                    "cosine learning-rate decay"),
 }
 
 
@@ -59,6 +71,7 @@ class TrainConfig:
     crop_size: int
     beta: float
     weights: str = "none"
+    lr_schedule: str = "constant"  # "constant" | "cosine"
     learn_beta: bool = False  # Kendall 2017 learned weighting instead of fixed beta
     normalize: str = "imagenet"  # "imagenet" | "mean" (the train split's mean image)
     seed: int = 0
@@ -75,6 +88,8 @@ class TrainConfig:
         if self.crop_size > self.load_size:
             raise KdbenchError(f"crop size {self.crop_size} exceeds load size {self.load_size}: lower --crop "
                                "or raise the load size")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise KdbenchError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.normalize not in ("imagenet", "mean"):
             raise KdbenchError(f"normalize must be 'imagenet' or 'mean', got {self.normalize!r}")
 
@@ -108,7 +123,7 @@ def make_config(scene: str, arch: str, preset: str = "quick", role: str = "stude
         epochs=p.teacher_epochs if role == "teacher" else p.student_epochs,
         batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, load_size=p.load_size,
         crop_size=p.crop_size, beta=p.beta if p.beta is not None else spec.beta, weights=p.weights,
-        preset=p.name,
+        lr_schedule=p.lr_schedule, preset=p.name,
     )
     base.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**base)

@@ -153,3 +153,17 @@ def test_kd_method_without_teacher_is_a_clear_error(tiny_data_root, tmp_path, ca
                "--out", str(tmp_path / "x"), "--quiet"])
     assert rc == 2
     assert "needs a teacher: pass --teacher CHECKPOINT" in capsys.readouterr().err
+
+
+def test_cosine_schedule_sets_each_epochs_learning_rate(tiny_data_root, tmp_path):
+    from kdbench.config import epoch_lr
+
+    assert epoch_lr(1e-3, "cosine", 0, 4) == pytest.approx(1e-3)
+    assert epoch_lr(1e-3, "cosine", 2, 4) == pytest.approx(5e-4)
+    assert epoch_lr(1e-3, "constant", 3, 4) == 1e-3
+    cfg = tiny_config(epochs=3, lr_schedule="cosine")
+    res = train(cfg, tiny_data_root, tmp_path / "run")
+    groups = load_checkpoint(res.checkpoint)["optimizer"]["param_groups"]
+    assert groups[0]["lr"] == pytest.approx(epoch_lr(cfg.lr, "cosine", 2, 3))
+    with pytest.raises(KdbenchError, match="lr_schedule must be one of"):
+        tiny_config(lr_schedule="step")

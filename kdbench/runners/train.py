@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdbench.config import TrainConfig
+from kdbench.config import TrainConfig, epoch_lr
 from kdbench.errors import KdbenchError
 from kdbench.fileio import torch_save_atomic, write_json_atomic, write_text_atomic
 from kdbench.methods import GroundTruth, LossContext, Method, PoseLoss, create_method
@@ -171,6 +171,8 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None, out_dir: str | 
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
             torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout: same per epoch whether resumed or not
+            for group in optimizer.param_groups:  # a function of (epoch, epochs): resume needs no state
+                group["lr"] = epoch_lr(cfg.lr, cfg.lr_schedule, epoch, cfg.epochs)
             _set_frozen(student, method.frozen(student, epoch, cfg.epochs))
             ctx = LossContext(pose_loss, epoch, cfg.epochs)
             losses: list[float] = []
