@@ -11,6 +11,8 @@ from kdbench.scenes.cache import SplitCache
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255.0
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255.0
+_IMAGENET_MEAN_T = torch.from_numpy(IMAGENET_MEAN).view(1, 3, 1, 1)
+_IMAGENET_STD_T = torch.from_numpy(IMAGENET_STD).view(1, 3, 1, 1)
 
 
 class PoseDataset(Dataset):
@@ -45,18 +47,17 @@ class PoseDataset(Dataset):
         indices = np.asarray(indices)
         ys, xs = self._offsets(len(indices))
         c = self.crop
-        out = np.empty((len(indices), c, c, 3), dtype=np.float32)
+        crops = np.empty((len(indices), c, c, 3), dtype=np.uint8)  # copy uint8; convert once per batch
         for k, (i, y, x) in enumerate(zip(indices, ys, xs)):
-            out[k] = self.cache.images[i, y:y + c, x:x + c]
-            if self.normalize == "mean":
-                out[k] -= self.cache.mean[y:y + c, x:x + c]
+            crops[k] = self.cache.images[i, y:y + c, x:x + c]
+        images = torch.from_numpy(crops).permute(0, 3, 1, 2).float()
         if self.normalize == "mean":
-            out /= 255.0
+            mean = np.stack([self.cache.mean[y:y + c, x:x + c] for y, x in zip(ys, xs)])
+            images = (images - torch.from_numpy(mean).permute(0, 3, 1, 2)) / 255.0
         else:
-            out -= IMAGENET_MEAN
-            out /= IMAGENET_STD
-        images = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
-        return images, torch.from_numpy(self.cache.poses[indices].astype(np.float32))
+            images = (images - _IMAGENET_MEAN_T) / _IMAGENET_STD_T
+        poses = torch.from_numpy(self.cache.poses[indices].astype(np.float32))
+        return images.contiguous(), poses
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, pose = self.get_batch(np.array([index]))
