@@ -58,3 +58,14 @@ def tiny_config(scene: str = "SynthRoom", arch: str = "resnet18", **overrides):
     base = dict(epochs=2, batch_size=4, load_size=32, crop_size=28)
     base.update(overrides)
     return make_config(scene, arch, "quick", **base)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny convolutions gain nothing from a second thread, and lose much when the cores are shared."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

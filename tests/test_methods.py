@@ -15,6 +15,8 @@ from kdbench.methods.attentive import student_units
 from kdbench.methods.functional import sc_divergence
 from kdbench.models import PoseNet, PoseOutput
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 BUILTINS = ("baseline", "vanilla", "attentive", "similarity", "hint", "sckd", "rkd", "pkt", "at")
 B = 4
 BETA = 10.0
@@ -366,15 +368,6 @@ def test_adaptor_shapes():
 # ---------------------------------------------------------------- gradients on real networks
 
 IMG = 32
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions gain nothing from a second thread, and lose much when the cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

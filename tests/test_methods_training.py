@@ -15,6 +15,8 @@ from kdbench.methods import registry
 from kdbench.methods.attentive import Attentive
 from kdbench.runners.train import load_checkpoint, train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -28,15 +30,6 @@ def clean_registry():
     for name in set(sys.modules) - modules:
         if name.startswith("kdbench_plugin_"):
             del sys.modules[name]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions gain nothing from a second thread, and lose much when the cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
