@@ -138,3 +138,41 @@ def test_readme_documents_the_entry_point_group():
     assert '[project.entry-points."kdbench.methods"]' in text
     assert registry.ENTRY_POINT_GROUP == "kdbench.methods"
     assert 'my_kd = "my_package.my_kd:PoolMatch"' in text
+
+
+TINY_RUN = ["--scenes", "SynthRoom", "--epochs", "1", "--batch-size", "4", "--load-size", "32", "--crop", "28",
+            "--quiet"]
+
+
+def _trained_methods(runs) -> dict[str, str]:
+    from kdbench.reports.store import ResultsStore
+
+    with ResultsStore(runs) as store:
+        return {r["method"]: r["status"] for r in store.jobs() if r["kind"] == "student"}
+
+
+def test_file_plugin_trains_through_kdbench_run(tmp_path, tiny_data_root, capsys):
+    plugin = tmp_path / "my_file_kd.py"
+    plugin.write_text(FILE_PLUGIN)
+    runs = tmp_path / "runs"
+    rc = main(["run", "--plugin", str(plugin), "--methods", "my_file_kd", "--set", "my_file_kd.scale=0.5",
+               "--runs-dir", str(runs), "--data-root", str(tiny_data_root), *TINY_RUN])
+    assert rc == 0, capsys.readouterr()
+    assert _trained_methods(runs) == {"my_file_kd": "done"}
+    assert "my_file_kd" in capsys.readouterr().out  # on the printed leaderboard
+
+
+def test_entry_point_plugin_trains_through_kdbench_run(tmp_path, tiny_data_root, monkeypatch, capsys):
+    site = tmp_path / "site"
+    dist = site / "myplug-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: myplug\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[kdbench.methods]\nmyname = mymodule:MyMethod\n")
+    (site / "mymodule.py").write_text(ENTRY_POINT_MODULE)
+    monkeypatch.syspath_prepend(str(site))
+    registry.reload_entry_points()
+    runs = tmp_path / "runs"
+    rc = main(["run", "--methods", "baseline,myname", "--runs-dir", str(runs), "--data-root", str(tiny_data_root),
+               *TINY_RUN])
+    assert rc == 0, capsys.readouterr()
+    assert _trained_methods(runs) == {"baseline": "done", "myname": "done"}
