@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from kdbench.errors import KdbenchError
@@ -128,40 +129,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# command -> (module, function). Modules are imported only when their command runs: `profile --onnx`
+# must work where only onnxruntime is installed, so nothing on its path may import torch.
+_HANDLERS = {
+    "train": ("kdbench.runners.commands", "cmd_train"),
+    "evaluate": ("kdbench.runners.commands", "cmd_evaluate"),
+    "run": ("kdbench.runners.commands", "cmd_run"),
+    "runs": ("kdbench.runners.commands", "cmd_runs"),
+    "methods": ("kdbench.methods.commands", "cmd_methods"),
+    "report": ("kdbench.reports.commands", "cmd_report"),
+    "import": ("kdbench.reports.commands", "cmd_import"),
+    "profile": ("kdbench.profile", "cmd_profile"),
+}
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "scenes":
-        from kdbench.scenes import commands
-
-        return getattr(commands, f"cmd_{args.scenes_command}")(args)
-    if args.command in ("train", "evaluate"):
-        from kdbench.runners import commands
-
-        return getattr(commands, f"cmd_{args.command}")(args)
-    if args.command in ("run", "runs"):
-        from kdbench.runners import commands
-
-        return getattr(commands, f"cmd_{args.command}")(args)
-    if args.command == "methods":
-        from kdbench.methods import commands
-
-        return commands.cmd_methods(args)
-    if args.command == "report":
-        from kdbench.reports import commands
-
-        return commands.cmd_report(args)
-    if args.command == "profile":
-        if args.onnx:  # edge devices may have onnxruntime only: keep torch out of this path
-            from kdbench import profile_onnx
-
-            return profile_onnx.cmd_profile_onnx(args)
-        from kdbench import profile
-
-        return profile.cmd_profile(args)
-    if args.command == "import":
-        from kdbench.reports import commands
-
-        return commands.cmd_import(args)
-    return 1
+        module, func = "kdbench.scenes.commands", f"cmd_{args.scenes_command}"
+    elif args.command == "profile" and args.onnx:
+        module, func = "kdbench.profile_onnx", "cmd_profile_onnx"
+    else:
+        module, func = _HANDLERS[args.command]
+    return getattr(importlib.import_module(module), func)(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,6 +49,21 @@ def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, tmp)
 
 
+def read_torch_file(path: str | os.PathLike, what: str, missing_hint: str = "") -> Any:
+    """torch.load with weights_only=True (no code runs from the file); errors name the file and `what` it is."""
+    import torch
+
+    from kdbench.errors import KdbenchError
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise KdbenchError(f"{what} {path} does not exist{missing_hint}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise KdbenchError(f"could not read {what} {path}: {exc}") from None
+
+
 @contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on success it becomes `path` (replacing an old one)."""

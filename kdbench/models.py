@@ -12,6 +12,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from kdbench.errors import KdbenchError
+from kdbench.fileio import read_torch_file
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 TAPS = ("stem", "layer1", "layer2", "layer3", "layer4", "pool", "embed")
@@ -107,12 +108,7 @@ def load_weights(model: PoseNet, weights: str | os.PathLike) -> None:
         _load_trunk(model, state, "torchvision ImageNet weights")
         return
     path = Path(weights).expanduser()
-    if not path.is_file():
-        raise KdbenchError(f"weights file {path} does not exist: pass --weights imagenet, none, or an existing PATH")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise KdbenchError(f"could not read weights file {path}: {exc}") from None
+    state = read_torch_file(path, "weights file", ": pass --weights imagenet, none, or an existing PATH")
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # a kdbench checkpoint
     if any(k.startswith("trunk.") for k in state):

@@ -22,14 +22,13 @@ import torch
 from torch import nn
 
 from kdbench.errors import KdbenchError
+from kdbench.hardware import cpu_name, device_label
 from kdbench.models import PoseNet, check_arch
 from kdbench.profile_onnx import (
     META_ARCH,
     META_CROP,
     MIB,
     check_runs,
-    cpu_name,
-    device_label,
     emit_rows,
     input_shape,
     make_row,

@@ -82,7 +82,8 @@ def test_bad_plugin_files_are_clear_errors(tmp_path, capsys):
         load_plugin(clash)
 
 
-def test_entry_point_plugin_appears_in_methods(tmp_path, monkeypatch, capsys):
+def _install_entry_point_package(tmp_path, monkeypatch) -> None:
+    """A minimal installed distribution (a .dist-info with entry_points.txt) on sys.path, then reload."""
     site = tmp_path / "site"
     dist = site / "myplug-0.1.dist-info"
     dist.mkdir(parents=True)
@@ -91,6 +92,10 @@ def test_entry_point_plugin_appears_in_methods(tmp_path, monkeypatch, capsys):
     (site / "mymodule.py").write_text(ENTRY_POINT_MODULE)
     monkeypatch.syspath_prepend(str(site))
     registry.reload_entry_points()
+
+
+def test_entry_point_plugin_appears_in_methods(tmp_path, monkeypatch, capsys):
+    _install_entry_point_package(tmp_path, monkeypatch)
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^myname\s+\(teacher, from mymodule\)", out, re.M)
@@ -163,14 +168,7 @@ def test_file_plugin_trains_through_kdbench_run(tmp_path, tiny_data_root, capsys
 
 
 def test_entry_point_plugin_trains_through_kdbench_run(tmp_path, tiny_data_root, monkeypatch, capsys):
-    site = tmp_path / "site"
-    dist = site / "myplug-0.1.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: myplug\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[kdbench.methods]\nmyname = mymodule:MyMethod\n")
-    (site / "mymodule.py").write_text(ENTRY_POINT_MODULE)
-    monkeypatch.syspath_prepend(str(site))
-    registry.reload_entry_points()
+    _install_entry_point_package(tmp_path, monkeypatch)
     runs = tmp_path / "runs"
     rc = main(["run", "--methods", "baseline,myname", "--runs-dir", str(runs), "--data-root", str(tiny_data_root),
                *TINY_RUN])

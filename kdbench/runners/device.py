@@ -7,6 +7,8 @@ import random
 import numpy as np
 import torch
 
+from kdbench.hardware import cpu_name
+
 
 def pick_device(name: str | None = None) -> torch.device:
     """The requested device, else CUDA when available, else CPU."""
@@ -26,13 +28,4 @@ def device_name(device: torch.device) -> str:
     """Human-readable name of a device (GPU name or CPU model)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "cpu"
+    return cpu_name()

@@ -16,7 +16,7 @@ import torch
 
 from kdbench.config import TrainConfig, epoch_lr
 from kdbench.errors import KdbenchError
-from kdbench.fileio import torch_save_atomic, write_json_atomic, write_text_atomic
+from kdbench.fileio import read_torch_file, torch_save_atomic, write_json_atomic, write_text_atomic
 from kdbench.methods import GroundTruth, LossContext, Method, PoseLoss, create_method
 from kdbench.models import PoseNet, PoseOutput
 from kdbench.progress import make_progress
@@ -46,13 +46,7 @@ class TrainResult:
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a kdbench checkpoint safely (weights_only=True), with a clear error for bad files."""
-    path = Path(path)
-    if not path.is_file():
-        raise KdbenchError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise KdbenchError(f"cannot read checkpoint {path}: {exc}") from None
+    ckpt = read_torch_file(path, "checkpoint")
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise KdbenchError(f"{path} is not a kdbench checkpoint (no model/config): was it written by kdbench train?")
     return ckpt
@@ -210,7 +204,7 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None, out_dir: str | 
                 on_epoch(epoch + 1, cfg.epochs, mean_loss)
 
     t0 = time.perf_counter()
-    test_cache = load_split_cache(cfg.scene, data_root, "test", cfg.load_size, quiet)
+    test_cache = load_split_cache(cfg.scene, data_root, "test", cfg.load_size, quiet, train_mean=train_cache.mean)
     test_ds = PoseDataset(test_cache, cfg.crop_size, train=False, normalize=cfg.normalize, seed=cfg.seed)
     metrics, predictions = evaluate(student, test_ds, dev)
     eval_seconds = time.perf_counter() - t0

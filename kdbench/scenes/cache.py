@@ -112,8 +112,13 @@ def _build(path: Path, frames: list[Frame], sources: list[list], poses: np.ndarr
 
 def load_split_cache(spec: SceneSpec | str, root: str | os.PathLike | None = None, split: str = "train",
                      load_size: int = DEFAULT_LOAD_SIZE, quiet: bool = True,
-                     scene_root: str | os.PathLike | None = None) -> SplitCache:
-    """The cache of one split, built (or rebuilt, when sources or settings changed) on first use."""
+                     scene_root: str | os.PathLike | None = None,
+                     train_mean: np.ndarray | None = None) -> SplitCache:
+    """The cache of one split, built (or rebuilt, when sources or settings changed) on first use.
+
+    The test split carries the train split's mean image; pass `train_mean` when the caller already holds
+    it, so the train split is not checked again.
+    """
     spec = get_scene(spec)
     if split not in SPLITS:
         raise KdbenchError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
@@ -128,6 +133,8 @@ def load_split_cache(spec: SceneSpec | str, root: str | os.PathLike | None = Non
         _build(path, frames, sources, poses, load_size, f"{spec.name} {split} @{load_size}px", quiet)
     if split == "train":
         mean = np.load(path / "split_mean.npy")
+    elif train_mean is not None:
+        mean = train_mean
     else:
         mean = load_split_cache(spec, root, "train", load_size, quiet, scene_root).mean
     return SplitCache(spec.name, split, path, np.load(path / "images.npy", mmap_mode="r"),
