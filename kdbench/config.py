@@ -11,6 +11,10 @@ from typing import Any
 from kdbench.errors import KdbenchError
 
 LR_SCHEDULES = ("constant", "cosine")
+ROLES = ("teacher", "student")
+POSE_LOSS_FORMS = ("sum", "mean")  # sum: ||x - x'||^2 + beta ||q - q'||^2; mean: SCKD/poselstm's nn.MSELoss
+HEAD_INITS = ("torchvision", "sckd")  # sckd: head N(0, 0.01), xyz output N(0, 0.5) (poselstm's init)
+PRECISIONS = ("fp32", "bf16", "fp16")  # what a job trains in; "auto" is resolved per device before hashing
 
 
 def epoch_lr(base_lr: float, schedule: str, epoch: int, epochs: int) -> float:
@@ -36,12 +40,19 @@ class Preset:
     beta: float | None  # None: the scene's catalog beta
     lr_schedule: str  # "constant" | "cosine" (decays to 0 by the last epoch, so the scored model is settled)
     description: str
+    pose_loss: str = "sum"  # "sum" | "mean" (see POSE_LOSS_FORMS)
+    adam_eps: float = 1e-8
+    head_init: str = "torchvision"  # "torchvision" | "sckd"
 
 
 PRESETS: dict[str, Preset] = {
-    # The SCKD paper's setting (load 256, crop 224, batch 32, 500 epochs, Adam 1e-3, beta 500, ImageNet).
-    "paper": Preset("paper", 256, 224, 32, 1e-3, 0.0, 500, 500, "imagenet", 500.0, "constant",
-                    "SCKD paper setting: 256/224 px, batch 32, 500 epochs, Adam 1e-3, beta 500, ImageNet"),
+    # SCKD's code setting (inherited from poselstm-pytorch): load 256, crop 224, batch 32, 500 epochs,
+    # Adam(1e-3, eps=1, weight_decay=0.0625), nn.MSELoss pose loss (the element mean) with beta 500,
+    # ImageNet trunk, head N(0, 0.01) and xyz output N(0, 0.5). Unlike SCKD, the last epoch is scored.
+    "paper": Preset("paper", 256, 224, 32, 1e-3, 0.0625, 500, 500, "imagenet", 500.0, "constant",
+                    "SCKD's code setting: 256/224 px, batch 32, 500 epochs, Adam 1e-3 eps 1 weight decay "
+                    "0.0625, mean-form pose loss with beta 500, ImageNet trunk, SCKD head init",
+                    pose_loss="mean", adam_eps=1.0, head_init="sckd"),
     # Offline on a 2-core laptop CPU: tiny images, from scratch; teachers get more epochs than students
     # so that they are clearly better and KD has something to teach.
     "quick": Preset("quick", 64, 56, 32, 1e-3, 0.0, 30, 12, "none", None, "cosine",
@@ -80,6 +91,16 @@ class TrainConfig:
     teacher_hash: str | None = None  # config hash of the teacher this student learns from
     teacher_arch: str | None = None
     preset: str = "custom"
+    # Identity: a teacher and a no-KD student with the same arch and epochs are different jobs.
+    role: str = "student"
+    pose_loss: str = "sum"
+    adam_eps: float = 1e-8
+    head_init: str = "torchvision"
+    precision: str = "fp32"
+    compile: bool = False
+    # Fingerprint of the data the job trains and is evaluated on (cache manifests of both splits), so a
+    # changed scene is a different job; None where the caller does not know it (a bare `train` in tests).
+    data: str | None = None
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "load_size", "crop_size"):
@@ -92,6 +113,18 @@ class TrainConfig:
             raise KdbenchError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.normalize not in ("imagenet", "mean"):
             raise KdbenchError(f"normalize must be 'imagenet' or 'mean', got {self.normalize!r}")
+        for name, valid in (("role", ROLES), ("pose_loss", POSE_LOSS_FORMS), ("head_init", HEAD_INITS),
+                            ("precision", PRECISIONS)):
+            if getattr(self, name) not in valid:
+                raise KdbenchError(f"{name} must be one of {', '.join(valid)}, got {getattr(self, name)!r}")
+        for name in ("lr", "adam_eps"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise KdbenchError(f"{name} must be a positive number, got {value!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise KdbenchError(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
+        if self.seed < 0:
+            raise KdbenchError(f"seed must be >= 0, got {self.seed}: seeds are non-negative integers")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,7 +156,8 @@ def make_config(scene: str, arch: str, preset: str = "quick", role: str = "stude
         epochs=p.teacher_epochs if role == "teacher" else p.student_epochs,
         batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, load_size=p.load_size,
         crop_size=p.crop_size, beta=p.beta if p.beta is not None else spec.beta, weights=p.weights,
-        lr_schedule=p.lr_schedule, preset=p.name,
+        lr_schedule=p.lr_schedule, preset=p.name, role=role, pose_loss=p.pose_loss, adam_eps=p.adam_eps,
+        head_init=p.head_init,
     )
     base.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**base)

@@ -49,7 +49,7 @@ class PoseNet(nn.Module):
     """ResNet trunk (torchvision, fc removed) -> Linear(feat, 1024) -> ReLU -> Dropout -> xyz (3), q (4)."""
 
     def __init__(self, arch: str = "resnet18", weights: str | os.PathLike | None = None,
-                 hidden: int = 1024, dropout: float = 0.5):
+                 hidden: int = 1024, dropout: float = 0.5, head_init: str = "torchvision"):
         super().__init__()
         self.arch = check_arch(arch)
         self.trunk = tvm.get_model(arch, weights=None)
@@ -58,6 +58,10 @@ class PoseNet(nn.Module):
         self.head = nn.Sequential(nn.Linear(feat, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
         self.fc_xyz = nn.Linear(hidden, 3)
         self.fc_q = nn.Linear(hidden, 4)
+        if head_init == "sckd":
+            init_head_sckd(self)
+        elif head_init != "torchvision":
+            raise KdbenchError(f"unknown head_init {head_init!r}: use torchvision or sckd")
         if weights not in (None, "none", ""):
             load_weights(self, weights)
 
@@ -91,6 +95,13 @@ class PoseNet(nn.Module):
         order = ["trunk.conv1", "trunk.bn1", "trunk.layer1", "trunk.layer2", "trunk.layer3", "trunk.layer4"]
         stop = {"stem": 2, "layer1": 3, "layer2": 4, "layer3": 5, "layer4": 6, "pool": 6}[tap]
         return order[:stop]
+
+
+def init_head_sckd(model: PoseNet) -> None:
+    """SCKD's (poselstm-pytorch's) head initialisation: weights N(0, 0.01), xyz output N(0, 0.5), biases 0."""
+    for layer, std in ((model.head[0], 0.01), (model.fc_q, 0.01), (model.fc_xyz, 0.5)):
+        nn.init.normal_(layer.weight, 0.0, std)
+        nn.init.zeros_(layer.bias)
 
 
 def load_weights(model: PoseNet, weights: str | os.PathLike) -> None:

@@ -67,27 +67,37 @@ class GroundTruth(NamedTuple):
 
 
 class PoseLoss(nn.Module):
-    """PoseNet loss ||x - x'||^2 + beta ||q - q'||^2, or Kendall's learned weighting (s_x, s_q trainable)."""
+    """PoseNet loss ||x - x'||^2 + beta ||q - q'||^2, or Kendall's learned weighting (s_x, s_q trainable).
 
-    def __init__(self, beta: float, learned: bool = False):
+    `form="mean"` takes the element mean over the 3 and 4 coordinates instead of the sum, as SCKD's code
+    (poselstm-pytorch's nn.MSELoss) does: beta = 500 there equals beta = 375 in the sum form.
+    """
+
+    def __init__(self, beta: float, learned: bool = False, form: str = "sum"):
         super().__init__()
+        if form not in ("sum", "mean"):
+            raise KdbenchError(f"pose loss form must be 'sum' or 'mean', got {form!r}")
         self.beta = float(beta)
         self.learned = learned
+        self.form = form
         if learned:
             self.s_x = nn.Parameter(torch.tensor(0.0))
             self.s_q = nn.Parameter(torch.tensor(-3.0))
 
+    def _reduce(self, sq: torch.Tensor) -> torch.Tensor:
+        return sq.mean(1) if self.form == "mean" else sq.sum(1)
+
     def per_sample(self, xyz: torch.Tensor, q: torch.Tensor, xyz_ref: torch.Tensor,
                    q_ref: torch.Tensor) -> torch.Tensor:
         """l(p, p') per sample (b,), always with the fixed beta (KD terms use this form)."""
-        return ((xyz - xyz_ref) ** 2).sum(1) + self.beta * ((q - q_ref) ** 2).sum(1)
+        return self._reduce((xyz - xyz_ref) ** 2) + self.beta * self._reduce((q - q_ref) ** 2)
 
     def forward(self, out: PoseOutput, gt: GroundTruth) -> torch.Tensor:
         """L_gt: mean over the batch (fixed beta), or the learned weighting of its two parts."""
         if not self.learned:
             return self.per_sample(out.xyz, out.q, gt.xyz, gt.q).mean()
-        l_x = ((out.xyz - gt.xyz) ** 2).sum(1).mean()
-        l_q = ((out.q - gt.q) ** 2).sum(1).mean()
+        l_x = self._reduce((out.xyz - gt.xyz) ** 2).mean()
+        l_q = self._reduce((out.q - gt.q) ** 2).mean()
         return l_x * torch.exp(-self.s_x) + self.s_x + l_q * torch.exp(-self.s_q) + self.s_q
 
 

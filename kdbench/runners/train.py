@@ -115,9 +115,9 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None, out_dir: str | 
     if resume is not None and resume.get("hash") != cfg.hash():
         raise KdbenchError(f"{ckpt_path} belongs to another configuration (hash {resume.get('hash')}, this run "
                            f"{cfg.hash()}): choose another --out folder or delete that one")
-    student = PoseNet(cfg.arch, weights=None if resume else cfg.weights).to(dev)
+    student = PoseNet(cfg.arch, weights=None if resume else cfg.weights, head_init=cfg.head_init).to(dev)
     teacher = _load_teacher(method, teacher_checkpoint, dev)
-    pose_loss = PoseLoss(cfg.beta, cfg.learn_beta).to(dev)
+    pose_loss = PoseLoss(cfg.beta, cfg.learn_beta, form=cfg.pose_loss).to(dev)
 
     # Adaptors are sized from the first batch's features (eval mode: the probe must not move BN statistics).
     x0, pose0 = next(eval_train_ds.batches(min(cfg.batch_size, len(eval_train_ds)), shuffle=False))
@@ -129,7 +129,7 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None, out_dir: str | 
     method.to(dev)
 
     params = list(student.parameters()) + list(method.parameters()) + list(pose_loss.parameters())
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
     use_amp = dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     if dev.type == "cuda":
