@@ -8,6 +8,34 @@ import sys
 
 from kdbench.errors import KdbenchError
 
+# Kept torch-free here (the CLI parses arguments before importing torch); tests check it equals models.ARCHS.
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+PRESETS = ("quick", "paper")
+PRESET_HELP = ("quick: offline CPU smoke benchmark (64/56 px, from scratch); paper: SCKD's setting (256/224 px, "
+               "500 epochs, ImageNet trunk)")
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default after its help, unless the help already says it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default in (None, False, [], argparse.SUPPRESS)
+                or action.option_strings == [] or action.nargs == 0):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+
+
+def _add_weights(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", default=None, metavar="imagenet|none|PATH",
+                   help="initial trunk weights: imagenet (torchvision, downloaded once), none (from scratch), "
+                        "a saved state_dict PATH, or ARCH=PATH,... per architecture (default: the preset's)")
+
 
 def _add_data_root(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="folder of scene folders (default: $KDBENCH_DATA or ./datasets)")
@@ -28,13 +56,22 @@ def build_parser() -> argparse.ArgumentParser:
     """The kdbench argument parser."""
     from kdbench import __version__
 
-    parser = argparse.ArgumentParser(prog="kdbench", description="Knowledge-distillation benchmark for camera "
-                                     "pose regression (PoseNet teachers and students).")
+    parser = argparse.ArgumentParser(prog="kdbench", formatter_class=_HelpFormatter,
+                                     description="Knowledge-distillation benchmark for camera pose regression "
+                                     "(PoseNet teachers and students).")
     parser.add_argument("--version", action="version", version=f"kdbench {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_parser = sub.add_parser
+
+    def add_parser(name: str, **kw) -> argparse.ArgumentParser:  # every subcommand shows its defaults
+        return _add_parser(name, formatter_class=_HelpFormatter, **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     scenes = sub.add_parser("scenes", help="scene catalog, downloads, synthetic scenes")
     ssub = scenes.add_subparsers(dest="scenes_command", metavar="ACTION", required=True)
+    _add_sparser = ssub.add_parser
+    ssub.add_parser = lambda name, **kw: _add_sparser(name, formatter_class=_HelpFormatter, **kw)  # type: ignore
     p = ssub.add_parser("list", help="every scene: family, frame counts, on disk, prepared, size")
     _add_data_root(p)
     p = ssub.add_parser("download", help="fetch, verify, unpack and prepare real scenes")
@@ -45,77 +82,100 @@ def build_parser() -> argparse.ArgumentParser:
     p = ssub.add_parser("synth", help="render an offline synthetic scene in a real dataset layout")
     p.add_argument("name", help="SynthRoom (7-Scenes layout) or SynthStreet (Cambridge layout)")
     p.add_argument("--frames", type=int, default=None, help="frames per sequence (default 100; 6 sequences)")
-    p.add_argument("--size", default="160x120", help="image size WxH (default 160x120)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", default="160x120", help="image size WxH")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the rendering (textures, trajectories)")
     _add_data_root(p)
     _add_quiet(p)
 
     p = sub.add_parser("train", help="train (and evaluate) one teacher or student")
-    p.add_argument("--scene", required=True)
-    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--scene", required=True, help="scene name (see `kdbench scenes list`)")
+    p.add_argument("--arch", default="resnet18", choices=ARCHS, metavar="ARCH",
+                   help=f"network trunk: {', '.join(ARCHS)}")
     p.add_argument("--method", default="baseline", help="KD method (see `kdbench methods`)")
     p.add_argument("--teacher", default=None, metavar="CHECKPOINT", help="teacher checkpoint for KD methods")
-    p.add_argument("--preset", default="quick", choices=["quick", "paper"])
+    p.add_argument("--preset", default="quick", choices=PRESETS, help=PRESET_HELP)
     p.add_argument("--role", default=None, choices=["teacher", "student"],
                    help="which preset epochs to use (default: student when --teacher is given)")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the preset's)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: the preset's)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the preset's)")
     p.add_argument("--beta", type=float, default=None, help="quaternion loss weight (default: the scene's)")
     p.add_argument("--learn-beta", action="store_true", help="Kendall 2017 learned loss weighting")
-    p.add_argument("--weights", default=None, help="imagenet | none | PATH to a state_dict")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="run folder (default: runs/train/<scene>/<arch>-<method>-<hash>)")
+    _add_weights(p)
+    p.add_argument("--seed", type=int, default=0, help="seeds Python, NumPy and torch")
+    p.add_argument("--runs-dir", default="runs", help="runs folder; the job is recorded in its results store")
+    p.add_argument("--out", default=None, help="run folder (default: RUNS_DIR/train/<scene>/<arch>-<method>-"
+                   "seed<seed>-<hash>)")
+    _add_device(p)
     _add_method_args(p)
     _add_data_root(p)
     _add_quiet(p)
 
     p = sub.add_parser("evaluate", help="evaluate a saved checkpoint on a scene's test split")
-    p.add_argument("checkpoint")
-    p.add_argument("--scene", required=True)
-    p.add_argument("--out", default=None, help="where to write metrics.json and predictions.csv")
+    p.add_argument("checkpoint", help="a checkpoint.pt written by kdbench train or run")
+    p.add_argument("--scene", default=None, help="scene to evaluate on (default: the one the checkpoint was "
+                   "trained on; another one needs --other-scene)")
+    p.add_argument("--other-scene", action="store_true",
+                   help="allow --scene to differ from the checkpoint's training scene (cross-scene test)")
+    p.add_argument("--out", default=None, help="where to write metrics.json and predictions.csv "
+                   "(default: beside the checkpoint, eval-<scene>/)")
+    _add_device(p)
     _add_data_root(p)
     _add_quiet(p)
 
     p = sub.add_parser("methods", help="registered KD methods with their hyperparameters")
-    p.add_argument("--plugin", action="append", default=[], metavar="FILE")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                   help="load KD methods from a Python file (repeatable)")
 
     p = sub.add_parser("run", help="benchmark methods x scenes x seeds (teachers first), then print leaderboard")
-    p.add_argument("--methods", default="all", help="all, or a comma-separated list")
+    p.add_argument("--methods", default="all", help="all, or a comma-separated list (see `kdbench methods`)")
     p.add_argument("--scenes", default="synthetic", help="scene names or groups, comma-separated")
     p.add_argument("--seeds", default="1", help="a count (3) or a list (0,1,2)")
-    p.add_argument("--teacher-arch", default="resnet34")
-    p.add_argument("--student-arch", default="resnet18")
-    p.add_argument("--preset", default="quick", choices=["quick", "paper"])
+    p.add_argument("--teacher-arch", default="resnet34", choices=ARCHS, metavar="ARCH",
+                   help=f"trunk of the teachers: {', '.join(ARCHS)}")
+    p.add_argument("--student-arch", default="resnet18", choices=ARCHS, metavar="ARCH",
+                   help="trunk of the students")
+    p.add_argument("--preset", default="quick", choices=PRESETS, help=PRESET_HELP)
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs (teachers and students)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--load-size", type=int, default=None, help="short side of the cached images")
-    p.add_argument("--crop", type=int, default=None, help="crop size fed to the networks")
-    p.add_argument("--executor", default="local", choices=["local", "ray"])
+    p.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
+    p.add_argument("--load-size", type=int, default=None,
+                   help="short side of the cached images (default: the preset's)")
+    p.add_argument("--crop", type=int, default=None, help="crop size fed to the networks (default: the preset's)")
+    _add_weights(p)
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="local: jobs one after another in this process; ray: Ray tasks (pip install kdbench[ray])")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
-    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--runs-dir", default="runs", help="runs folder: checkpoints and the results store")
+    _add_device(p)
+    p.add_argument("--config", default=None, metavar="FILE.toml",
+                   help="read options from a TOML benchmark definition (keys are option names; flags given "
+                        "here override them)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (jobs, which are reused, images to process) and exit without training")
     _add_method_args(p)
     _add_data_root(p)
     _add_quiet(p)
 
     p = sub.add_parser("runs", help="list jobs in the results store")
-    p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--status", default=None, choices=["pending", "running", "done", "failed"])
+    p.add_argument("--runs-dir", default="runs", help="runs folder holding results.sqlite")
+    p.add_argument("--status", default=None, choices=["pending", "running", "done", "failed"],
+                   help="only jobs with this status")
 
     p = sub.add_parser("report", help="leaderboards from the results store")
-    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--runs-dir", default="runs", help="runs folder holding results.sqlite")
     p.add_argument("--scenes", default=None, help="restrict to these scenes or groups")
     p.add_argument("--preset", default=None, help="show this preset's results (default: the latest run's)")
-    p.add_argument("--format", default="markdown", choices=["markdown", "terminal", "csv", "json"])
+    p.add_argument("--format", default="markdown", choices=["markdown", "terminal", "csv", "json"],
+                   help="output format")
     p.add_argument("--out", default=None, help="write to FILE instead of standard output")
     p.add_argument("--plots", default=None, metavar="DIR", help="also write plots there (needs the plots extra)")
 
     p = sub.add_parser("profile", help="params, size, FLOPs, latency (torch, onnxruntime)")
-    p.add_argument("--archs", default="resnet18,resnet34,resnet50")
-    p.add_argument("--backends", default="torch,onnxruntime")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--crop", type=int, default=224)
+    p.add_argument("--archs", default="resnet18,resnet34,resnet50", help="comma-separated trunks to measure")
+    p.add_argument("--backends", default="torch,onnxruntime", help="comma-separated: torch, onnxruntime")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where latency is measured")
+    p.add_argument("--batch", type=int, default=1, help="batch size of the latency measurement")
+    p.add_argument("--crop", type=int, default=224, help="input size (square crop) in pixels")
     p.add_argument("--runs", type=int, default=50, help="timed runs (at least 50)")
     p.add_argument("--export", default=None, metavar="DIR", help="write the ONNX models there")
     p.add_argument("--onnx", default=None, metavar="FILE", help="measure this ONNX file with onnxruntime only")
@@ -124,8 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-store", action="store_true", help="do not record in the results store")
 
     p = sub.add_parser("import", help="merge profile rows (JSON from `kdbench profile --out`) into a store")
-    p.add_argument("file")
-    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("file", help="JSON file written by `kdbench profile --out`")
+    p.add_argument("--runs-dir", default="runs", help="runs folder holding results.sqlite")
     return parser
 
 
@@ -143,6 +203,14 @@ _HANDLERS = {
 }
 
 
+def subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of one subcommand (e.g. "run"), whose actions define the options a config file may set."""
+    for action in parser._subparsers._group_actions:  # argparse keeps them here; there is no public accessor
+        if name in action.choices:
+            return action.choices[name]
+    raise KeyError(name)
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "scenes":
         module, func = "kdbench.scenes.commands", f"cmd_{args.scenes_command}"
@@ -156,11 +224,17 @@ def _dispatch(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `kdbench` console script."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
     try:
+        if args.command == "run" and args.config:
+            from kdbench.runners.benchconfig import apply_config_file
+
+            args = apply_config_file(subparser(parser, "run"), argv[argv.index("run") + 1:], args.config)
+            args.command = "run"
         return _dispatch(args) or 0
     except KdbenchError as exc:
         print(f"kdbench: error: {exc}", file=sys.stderr)

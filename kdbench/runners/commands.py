@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -22,12 +24,29 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
     out_console.print(table)
 
 
+def _check_file(path: str | None, what: str, fix: str) -> None:
+    # Before anything imports torch: a typo in a path is reported in a fraction of a second.
+    if path is not None and not Path(path).expanduser().is_file():
+        raise KdbenchError(f"{what} {path} does not exist: {fix}")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train and evaluate one model, writing checkpoint, config, metrics and predictions."""
+    """Train and evaluate one model, writing checkpoint, config, metrics and predictions; record it in the store."""
+    _check_file(args.teacher, "teacher checkpoint", "pass --teacher path/to/checkpoint.pt (written by kdbench "
+                "train or run)")
+    from kdbench.runners.preflight import parse_weights, weights_for
+
+    weights = weights_for(parse_weights(args.weights), args.arch)
+    if weights not in (None, "imagenet", "none"):
+        _check_file(weights, "--weights file", "pass an existing state_dict PATH, imagenet, or none")
+
     from kdbench.config import make_config
     from kdbench.methods import get_method, load_plugin, parse_set_args, resolved_params
+    from kdbench.progress import JobProgress
+    from kdbench.runners.preflight import check_device
     from kdbench.runners.train import load_checkpoint, train
 
+    device = check_device(args.device)
     for p in args.plugin:
         load_plugin(p)
     sets = parse_set_args(args.sets)
@@ -45,49 +64,145 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = make_config(args.scene, args.arch, args.preset, role=role, seed=args.seed, method=args.method,
                       method_params=params, teacher_hash=teacher_hash, teacher_arch=teacher_arch,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta=args.beta,
-                      learn_beta=args.learn_beta or None, weights=args.weights)
-    out = Path(args.out) if args.out else Path("runs") / "train" / cfg.scene / (
+                      learn_beta=args.learn_beta or None, weights=weights)
+    out = Path(args.out) if args.out else Path(args.runs_dir) / "train" / cfg.scene / (
         f"{cfg.arch}-{cfg.method}-seed{cfg.seed}-{cfg.hash()}")
-    res = train(cfg, args.data_root, out, args.teacher, quiet=args.quiet)
+    record = _TrainRecord(args.runs_dir, cfg, out, device)
+    n_train = _train_frames(cfg.scene, args.data_root)
+    label = f"{role} {cfg.arch} {cfg.method} on {cfg.scene} (seed {cfg.seed})"
+    try:
+        with JobProgress(1, n_train * cfg.epochs, args.quiet) as progress:
+            progress.start(label, cfg.epochs, n_train * cfg.epochs, short=f"{cfg.arch} {cfg.method} {cfg.scene}")
+            res = train(cfg, args.data_root, out, args.teacher, quiet=args.quiet, device=device,
+                        on_epoch=progress.epoch)
+            progress.finish(label, True)
+    except KdbenchError as exc:
+        record.failed(str(exc))
+        raise
+    record.done(res)
     _print_metrics(f"{cfg.arch} {cfg.method} on {cfg.scene}: test split, last epoch ({res.epochs_done} epochs, "
                    f"{res.train_seconds:.0f} s)", res.metrics)
-    print(f"run folder: {res.run_dir}\ncheckpoint: {res.checkpoint}")
+    print(f"run folder: {res.run_dir}\ncheckpoint: {res.checkpoint}\nrecorded in {record.store_path} "
+          f"(job {cfg.hash()}; `kdbench runs --runs-dir {args.runs_dir}`)")
     return 0
 
 
+def _train_frames(scene: str, data_root: str | None) -> int:
+    from kdbench.scenes.catalog import get_scene, is_on_disk, scene_dir
+
+    spec = get_scene(scene)
+    if is_on_disk(spec, data_root):
+        from kdbench.scenes.readers import read_split
+
+        try:
+            return len(read_split(scene_dir(spec, data_root), spec, "train"))
+        except KdbenchError:
+            pass  # reported by training, with the file and line
+    return spec.n_train
+
+
+class _TrainRecord:
+    """A `kdbench train` job in the results store: kind teacher/student like a run's, marked origin=train."""
+
+    def __init__(self, runs_dir: str, cfg, out: Path, device: str | None):
+        from kdbench.reports.store import ResultsStore
+        from kdbench.runners.environment import environment
+
+        self.runs_dir, self.cfg, self.id = Path(runs_dir), cfg, cfg.hash()
+        try:
+            run_dir = str(out.resolve().relative_to(self.runs_dir.resolve()))
+        except ValueError:  # --out outside the runs folder: keep where it is
+            run_dir = str(out.resolve())
+        with ResultsStore(runs_dir) as store:
+            self.store_path = store.path
+            self.env_id = store.add_environment(environment(device))
+            row = store.get_job(self.id)
+            self.keep_done = bool(row and row["status"] == "done")  # never mark finished work as failed
+            if not self.keep_done:
+                store.upsert_job(self._row(run_dir, "running"))
+        self.run_dir = run_dir
+
+    def _row(self, run_dir: str, status: str) -> dict:
+        c = self.cfg
+        return {"id": self.id, "kind": c.role, "scene": c.scene, "method": c.method, "arch": c.arch,
+                "teacher_arch": c.teacher_arch, "teacher_id": c.teacher_hash, "seed": c.seed, "preset": c.preset,
+                "params": c.method_params, "config": {**c.to_dict(), "origin": "train"}, "status": status,
+                "run_dir": run_dir, "env_id": self.env_id}
+
+    def failed(self, error: str) -> None:
+        from kdbench.reports.store import ResultsStore
+
+        if not self.keep_done:
+            with ResultsStore(self.runs_dir) as store:
+                store.upsert_job({**self._row(self.run_dir, "failed"), "error": error})
+
+    def done(self, res) -> None:
+        from kdbench.reports.store import ResultsStore
+
+        with ResultsStore(self.runs_dir) as store:
+            store.upsert_job(self._row(self.run_dir, "running"))
+            store.finish_job(self.id, res.metrics, checkpoint=str(Path(self.run_dir) / "checkpoint.pt"),
+                             epochs_done=res.epochs_done, train_seconds=res.train_seconds,
+                             eval_seconds=res.eval_seconds, env_id=self.env_id)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Re-evaluate a saved checkpoint on a scene's test split."""
+    """Re-evaluate a saved checkpoint on the test split of the scene it was trained on (or, asked, another)."""
+    _check_file(args.checkpoint, "checkpoint", "pass a checkpoint.pt written by kdbench train or run")
     from kdbench.fileio import write_json_atomic, write_text_atomic
-    from kdbench.runners.device import pick_device
+    from kdbench.progress import step
     from kdbench.runners.evaluate import evaluate
+    from kdbench.runners.preflight import check_device
     from kdbench.runners.train import load_model
     from kdbench.scenes import get_scene
     from kdbench.scenes.cache import load_split_cache
     from kdbench.scenes.dataset import PoseDataset
 
+    device = check_device(args.device)
     model, cfg = load_model(args.checkpoint)
-    spec = get_scene(args.scene)
+    spec = get_scene(args.scene or cfg.scene)
+    if spec.name != get_scene(cfg.scene).name and not args.other_scene:
+        raise KdbenchError(f"{args.checkpoint} was trained on {cfg.scene}, not {spec.name}: a pose regressor "
+                           f"only knows its own scene. Drop --scene to evaluate on {cfg.scene}, or add "
+                           "--other-scene to score it on another scene on purpose")
     cache = load_split_cache(spec, args.data_root, "test", cfg.load_size, args.quiet)
     ds = PoseDataset(cache, cfg.crop_size, train=False, normalize=cfg.normalize, seed=cfg.seed)
-    dev = pick_device()
-    metrics, predictions = evaluate(model.to(dev), ds, dev)
+    from kdbench.runners.device import pick_device
+
+    dev = pick_device(device)
+    with step(f"evaluating {cfg.arch} {cfg.method} on {spec.name} ({len(ds)} test images, {dev})", args.quiet):
+        metrics, predictions = evaluate(model.to(dev), ds, dev)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{spec.name}"
     write_text_atomic(out / "predictions.csv", predictions.to_csv(index=False))
     write_json_atomic(out / "metrics.json", metrics)
-    _print_metrics(f"{cfg.arch} {cfg.method} on {spec.name} (test split)", metrics)
+    other = f", trained on {cfg.scene}" if spec.name != cfg.scene else ""
+    _print_metrics(f"{cfg.arch} {cfg.method} on {spec.name} (test split{other})", metrics)
     print(f"written to {out}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the benchmark, print the leaderboard and a summary of failures (non-zero exit if any)."""
-    from kdbench.runners.benchmark import run_benchmark
+    from kdbench.runners.benchmark import plan_benchmark, run_benchmark
 
-    res = run_benchmark(methods=args.methods, scenes=args.scenes, seeds=args.seeds, teacher_arch=args.teacher_arch,
-                        student_arch=args.student_arch, preset=args.preset, sets=args.sets, plugins=args.plugin,
-                        executor=args.executor, address=args.address, runs_dir=args.runs_dir,
-                        data_root=args.data_root, quiet=args.quiet, epochs=args.epochs, batch_size=args.batch_size,
-                        load_size=args.load_size, crop_size=args.crop)
+    options = dict(methods=args.methods, scenes=args.scenes, seeds=args.seeds, teacher_arch=args.teacher_arch,
+                   student_arch=args.student_arch, preset=args.preset, sets=args.sets, plugins=args.plugin,
+                   executor=args.executor, data_root=args.data_root, epochs=args.epochs,
+                   batch_size=args.batch_size, load_size=args.load_size, crop_size=args.crop, weights=args.weights)
+    if args.dry_run:
+        from kdbench.runners.dryrun import print_dry_run
+
+        print_dry_run(plan_benchmark(**options), args.runs_dir, args.data_root)
+        return 0
+    plan_benchmark(**options)  # every argument checked before the resolved options are recorded
+    from kdbench.cli import build_parser, subparser
+    from kdbench.runners.benchconfig import write_resolved_config
+
+    written = write_resolved_config(subparser(build_parser(), "run"), args, args.runs_dir)
+    if not args.quiet:
+        print(f"options of this run: {written}", file=sys.stderr)
+    res = run_benchmark(address=args.address, runs_dir=args.runs_dir, quiet=args.quiet, device=args.device,
+                        **options)
     print_leaderboard(args.runs_dir, args.scenes)
     print(f"{len(res.jobs)} jobs: {len(res.done)} trained now, {len(res.reused)} reused, {len(res.failed)} failed "
           f"({res.seconds:.0f} s). Store: {res.store_path}")
@@ -101,8 +216,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def print_leaderboard(runs_dir: str, scenes: str | None) -> None:
     """The leaderboard of the results store: rich tables on a terminal, markdown when piped."""
-    import sys
-
     from kdbench.reports.leaderboard import load_profiles, load_results, render
 
     fmt = "terminal" if sys.stdout.isatty() else "markdown"
@@ -117,14 +230,22 @@ def cmd_runs(args: argparse.Namespace) -> int:
     try:
         rows = store.jobs(args.status)
         table = Table(title=f"jobs in {store.path}" + (f" ({args.status})" if args.status else ""))
-        for col in ("id", "kind", "scene", "method", "arch", "seed", "status", "median t/r", "error"):
+        for col in ("id", "kind", "from", "scene", "method", "arch", "seed", "status", "median t/r", "error"):
             table.add_column(col)
         for r in rows:
             m = store.metrics(r["id"])
             tr = f"{m['median_t']:.3g} m / {m['median_r']:.3g}°" if "median_t" in m else ""
-            table.add_row(r["id"], r["kind"], r["scene"], r["method"], r["arch"], str(r["seed"]), r["status"], tr,
-                          (r["error"] or "")[:80])
+            table.add_row(r["id"], r["kind"], _origin(r), r["scene"], r["method"], r["arch"], str(r["seed"]),
+                          r["status"], tr, (r["error"] or "")[:80])
         out_console.print(table)
     finally:
         store.close()
     return 0
+
+
+def _origin(row: dict) -> str:
+    """`train` for jobs recorded by `kdbench train`, `run` for the benchmark's."""
+    try:
+        return json.loads(row["config"] or "{}").get("origin", "run")
+    except (TypeError, ValueError):
+        return "run"

@@ -26,7 +26,8 @@ def _teacher_failed(job: Job, teacher_result: dict[str, Any] | None) -> dict[str
 def run_local(jobs: list[Job], teachers: dict[str, Job], runs_dir: str | os.PathLike,
               data_root: str | os.PathLike | None, plugins: tuple[str, ...] = (),
               on_start: Callable[[Job], None] | None = None,
-              on_epoch: Callable[[int, int, float], None] | None = None, **_: Any) -> Iterator[dict[str, Any]]:
+              on_epoch: Callable[[int, int, float], None] | None = None, device: str | None = None,
+              **_: Any) -> Iterator[dict[str, Any]]:
     """Run jobs one after another (they come in dependency order) and yield each result."""
     results: dict[str, dict[str, Any]] = {}
     for job in jobs:
@@ -38,12 +39,13 @@ def run_local(jobs: list[Job], teachers: dict[str, Job], runs_dir: str | os.Path
         if on_start:
             on_start(job)
         ckpt = teacher_checkpoint(runs_dir, teachers[job.teacher_id]) if job.teacher_id else None
-        results[job.id] = run_job(job, runs_dir, data_root, ckpt, plugins, on_epoch)
+        results[job.id] = run_job(job, runs_dir, data_root, ckpt, plugins, on_epoch, device)
         yield results[job.id]
 
 
 def _ray_job(job: Job, runs_dir: str, data_root: str | None, teacher_ckpt: str | None,
-             plugins: tuple[str, ...], teacher_result: dict[str, Any] | None = None) -> dict[str, Any]:
+             plugins: tuple[str, ...], teacher_result: dict[str, Any] | None = None,
+             device: str | None = None) -> dict[str, Any]:
     # Ray resolves `teacher_result` (an ObjectRef at submit time) before this runs: students wait for teachers.
     failed = _teacher_failed(job, teacher_result)
     if failed:
@@ -51,12 +53,13 @@ def _ray_job(job: Job, runs_dir: str, data_root: str | None, teacher_ckpt: str |
     import torch
 
     torch.set_num_threads(CPUS_PER_RAY_JOB)  # results are bitwise reproducible for a given thread count
-    return run_job(job, runs_dir, data_root, teacher_ckpt, plugins)
+    return run_job(job, runs_dir, data_root, teacher_ckpt, plugins, device=device)
 
 
 def run_ray(jobs: list[Job], teachers: dict[str, Job], runs_dir: str | os.PathLike,
             data_root: str | os.PathLike | None, plugins: tuple[str, ...] = (), address: str | None = None,
-            on_start: Callable[[Job], None] | None = None, **_: Any) -> Iterator[dict[str, Any]]:
+            on_start: Callable[[Job], None] | None = None, device: str | None = None,
+            **_: Any) -> Iterator[dict[str, Any]]:
     """Submit every job as a Ray task (one GPU each where the cluster has GPUs) and yield results."""
     try:
         import ray
@@ -77,7 +80,7 @@ def run_ray(jobs: list[Job], teachers: dict[str, Job], runs_dir: str | os.PathLi
         for job in jobs:
             teacher_ref = refs.get(job.teacher_id) if job.teacher_id else None
             ckpt = str(teacher_checkpoint(runs_dir, teachers[job.teacher_id])) if job.teacher_id else None
-            refs[job.id] = task.remote(job, runs_dir, data_root, ckpt, tuple(plugins), teacher_ref)
+            refs[job.id] = task.remote(job, runs_dir, data_root, ckpt, tuple(plugins), teacher_ref, device)
             pending[refs[job.id]] = job
             if on_start:
                 on_start(job)

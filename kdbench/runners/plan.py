@@ -81,7 +81,7 @@ def make_plan(methods: list[str], scenes: list[SceneSpec], seeds: list[int], tea
     for spec in scenes:
         for seed in seeds:
             teacher = Job("teacher", make_config(spec.name, teacher_arch, preset, role="teacher", seed=seed,
-                                                 **overrides))
+                                                 **_for_arch(overrides, teacher_arch)))
             needs = [m for m in methods if get_method(m).needs_teacher]
             if needs:
                 jobs.append(teacher)
@@ -89,6 +89,13 @@ def make_plan(methods: list[str], scenes: list[SceneSpec], seeds: list[int], tea
                 uses_teacher = get_method(m).needs_teacher
                 cfg = make_config(spec.name, student_arch, preset, role="student", seed=seed, method=m,
                                   method_params=params[m], teacher_hash=teacher.id if uses_teacher else None,
-                                  teacher_arch=teacher_arch if uses_teacher else None, **overrides)
+                                  teacher_arch=teacher_arch if uses_teacher else None,
+                                  **_for_arch(overrides, student_arch))
                 jobs.append(Job("student", cfg, teacher.id if uses_teacher else None))
     return jobs
+
+
+def _for_arch(overrides: dict[str, Any], arch: str) -> dict[str, Any]:
+    """Overrides for one architecture: `weights` may map arch -> file (`--weights resnet34=a.pth,...`)."""
+    weights = overrides.get("weights")
+    return {**overrides, "weights": weights.get(arch)} if isinstance(weights, dict) else overrides
