@@ -98,9 +98,10 @@ def step(message: str, quiet: bool = False, console: Console | None = None) -> I
         with con.status(message):
             yield
     else:
-        con.print(f"kdbench: {message} ...", markup=False, highlight=False)
+        con.print(f"kdbench: {message} ...", markup=False, highlight=False, soft_wrap=True)
         yield
-    con.print(f"kdbench: {message}: done in {_hms(time.perf_counter() - t0)}", markup=False, highlight=False)
+    con.print(f"kdbench: {message}: done in {_hms(time.perf_counter() - t0)}", markup=False, highlight=False,
+              soft_wrap=True)
 
 
 class JobProgress:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import textwrap
+from pathlib import Path
 
 from kdbench.methods.base import HParam, Method
-from kdbench.methods.registry import available_methods, load_plugin
+from kdbench.methods.registry import PLUGIN_MODULE_PREFIX, available_methods, load_plugin
 
 WIDTH = 100
 HELP_COLUMN = 37  # 4 + name 12 + type 7 + default 11 + separators
@@ -33,10 +35,22 @@ def format_hparam(key: str, hp: HParam) -> list[str]:
     return [head + body[0]] + [indent + line for line in body[1:]]
 
 
+def method_source(cls: type[Method]) -> str:
+    """Where a plugin method comes from: its file for --plugin files, its module for installed packages."""
+    module = sys.modules.get(cls.__module__)
+    path = getattr(module, "__file__", None)
+    if cls.__module__.startswith(PLUGIN_MODULE_PREFIX) and path:  # load_plugin's synthetic module name
+        try:  # as the user named it: relative to the current folder when it lies under it
+            return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+        except ValueError:
+            return str(path)
+    return cls.__module__
+
+
 def format_method(name: str, cls: type[Method]) -> list[str]:
     """One method's block of lines."""
     teacher = "teacher" if cls.needs_teacher else "no teacher"
-    where = "" if cls.__module__.startswith("kdbench.methods.") else f", from {cls.__module__}"
+    where = "" if cls.__module__.startswith("kdbench.methods.") else f", from {method_source(cls)}"
     lines = [f"{name}  ({teacher}{where})"]
     lines += textwrap.wrap(cls.description or "(no description)", WIDTH, initial_indent="  ",
                            subsequent_indent="  ")

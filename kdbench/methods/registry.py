@@ -13,6 +13,7 @@ from kdbench.errors import KdbenchError
 from kdbench.methods.base import Method
 
 ENTRY_POINT_GROUP = "kdbench.methods"
+PLUGIN_MODULE_PREFIX = "kdbench_plugin_"  # module names of files loaded with --plugin
 _REGISTRY: dict[str, type[Method]] = {}
 _entry_points_loaded = False
 
@@ -59,7 +60,7 @@ def load_plugin(path: str | Path) -> None:
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise KdbenchError(f"plugin file {path} does not exist: pass --plugin path/to/file.py")
-    mod_name = f"kdbench_plugin_{path.stem}_{abs(hash(str(path))) % 10**8}"
+    mod_name = f"{PLUGIN_MODULE_PREFIX}{path.stem}_{abs(hash(str(path))) % 10**8}"
     if mod_name in sys.modules:
         return
     spec = importlib.util.spec_from_file_location(mod_name, path)

@@ -17,7 +17,7 @@ from kdbench.runners.executors import EXECUTORS
 from kdbench.runners.plan import Job, make_plan, parse_methods, parse_seeds
 from kdbench.runners.preflight import check_device, check_weights, parse_weights
 from kdbench.scenes.catalog import SceneSpec, is_on_disk, resolve_scenes, scene_dir
-from kdbench.scenes.status import human_bytes
+from kdbench.scenes.status import download_size
 
 
 @dataclass
@@ -38,7 +38,7 @@ def ensure_scenes(specs: list[SceneSpec], data_root: str | os.PathLike | None, l
 
     missing = [s for s in specs if not s.synthetic and not is_on_disk(s, data_root)]
     if missing:
-        lines = [f"  kdbench scenes download {s.name}   (download size: {human_bytes(s.zip_bytes)}, "
+        lines = [f"  kdbench scenes download {s.name}   (download size: {download_size(s, data_root)}, "
                  f"{s.n_train + s.n_test} frames)" for s in missing]
         raise KdbenchError("these scenes are not on disk under " f"{scene_dir(missing[0], data_root).parent}:\n"
                            + "\n".join(lines) + "\n(or point --data-root / $KDBENCH_DATA at where they are)")

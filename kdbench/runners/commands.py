@@ -189,6 +189,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                    student_arch=args.student_arch, preset=args.preset, sets=args.sets, plugins=args.plugin,
                    executor=args.executor, data_root=args.data_root, epochs=args.epochs,
                    batch_size=args.batch_size, load_size=args.load_size, crop_size=args.crop, weights=args.weights)
+    from kdbench.runners.preflight import check_device
+
+    check_device(args.device)
     if args.dry_run:
         from kdbench.runners.dryrun import print_dry_run
 

@@ -23,7 +23,10 @@ def stored_jobs(runs_dir: str | os.PathLike, ids: list[str]) -> dict[str, dict]:
     path = Path(runs_dir) / STORE_NAME
     if not path.is_file():
         return {}
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    # No writer has the store open (no -wal file): read it as immutable, which leaves no -wal/-shm files
+    # behind. Otherwise read-only through the WAL, to see what the running writer committed.
+    busy = path.with_name(path.name + "-wal").exists()
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro{'' if busy else '&immutable=1'}", uri=True)
     conn.row_factory = sqlite3.Row
     try:
         rows = {}

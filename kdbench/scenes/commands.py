@@ -14,7 +14,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from kdbench.scenes.status import scene_status
+    from kdbench.scenes.status import DOWNLOADS_RECORD, UNKNOWN_DOWNLOAD, UNKNOWN_NOTE, scene_status
 
     rows = scene_status(args.data_root)
     table = Table(title=f"Scenes (data root: {data_root(args.data_root)})")
@@ -23,7 +23,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     for r in rows:
         table.add_row(r["scene"], r["family"], str(r["train"]), str(r["test"]), "yes" if r["on_disk"] else "no",
                       r["prepared"] or "no", r["size"], r["download"])
-    Console(width=140).print(table)
+    out = Console(width=140)
+    out.print(table)
+    if any(r["download"] == UNKNOWN_DOWNLOAD for r in rows):
+        out.print(UNKNOWN_NOTE.format(path=data_root(args.data_root) / DOWNLOADS_RECORD), highlight=False)
     return 0
 
 

@@ -32,6 +32,7 @@ from kdbench.fileio import write_json_atomic
 from kdbench.progress import console, make_progress
 from kdbench.scenes.catalog import SceneSpec, data_root, get_scene, is_on_disk, scene_dir, split_files
 from kdbench.scenes.readers import SPLITS, read_split
+from kdbench.scenes.status import record_download
 
 DOWNLOADS_DIRNAME = ".downloads"
 CHUNK_BYTES = 1 << 20
@@ -75,8 +76,9 @@ def download_scene(spec_or_name: SceneSpec | str, root: str | os.PathLike | None
         _check_target(target, spec)
         local = _local_archive(source)
         archive = local or fetch(source, work / f"{spec.folder}.zip", quiet, spec.zip_bytes)
-        _verify_and_install(archive, spec, source, target, work / f"{spec.folder}.unpack",
-                            owned=local is None, quiet=quiet)
+        size, digest = _verify_and_install(archive, spec, source, target, work / f"{spec.folder}.unpack",
+                                           owned=local is None, quiet=quiet)
+        record_download(spec, root, size, digest, source)  # `kdbench scenes list` shows the size from now on
         lock.unlink(missing_ok=True)  # safe: any process still waiting finds the scene on disk
     _note(quiet, f"{spec.name} is ready in {target}")
     return target
@@ -305,9 +307,9 @@ def _local_archive(source: str) -> Path | None:
 
 
 def _verify_and_install(archive: Path, spec: SceneSpec, source: str, target: Path, work: Path,
-                        owned: bool, quiet: bool) -> None:
+                        owned: bool, quiet: bool) -> tuple[int, str]:
     try:
-        _verify(archive, spec, source, quiet)
+        size, digest = _verify(archive, spec, source, quiet)
         _install(archive, spec, source, target, work, quiet)
     except _BadArchive as exc:
         if not owned:  # never delete a zip the user pointed at
@@ -316,9 +318,10 @@ def _verify_and_install(archive: Path, spec: SceneSpec, source: str, target: Pat
         raise KdbenchError(f"{exc} The downloaded file was removed.") from None
     if owned:
         _discard(archive)
+    return size, digest
 
 
-def _verify(archive: Path, spec: SceneSpec, source: str, quiet: bool) -> None:
+def _verify(archive: Path, spec: SceneSpec, source: str, quiet: bool) -> tuple[int, str]:
     size = archive.stat().st_size
     if spec.zip_bytes is not None and size != spec.zip_bytes:
         raise _BadArchive(f"size mismatch for {spec.name} from {source}: expected {spec.zip_bytes} bytes, "
@@ -329,6 +332,7 @@ def _verify(archive: Path, spec: SceneSpec, source: str, quiet: bool) -> None:
                           f"got {digest}.")
     if not spec.sha256:  # printed so that the catalog can record it
         _note(quiet, f"{spec.name}: {size} bytes, sha256 {digest} (not in the catalog yet)")
+    return size, digest
 
 
 def _sha256(path: Path, quiet: bool) -> str:
