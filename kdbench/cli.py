@@ -26,6 +26,12 @@ class _HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+class _SubParser(argparse.ArgumentParser):
+    def __init__(self, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(**kwargs)
+
+
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto",
                    help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
@@ -60,18 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Knowledge-distillation benchmark for camera pose regression "
                                      "(PoseNet teachers and students).")
     parser.add_argument("--version", action="version", version=f"kdbench {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_parser = sub.add_parser
-
-    def add_parser(name: str, **kw) -> argparse.ArgumentParser:  # every subcommand shows its defaults
-        return _add_parser(name, formatter_class=_HelpFormatter, **kw)
-
-    sub.add_parser = add_parser  # type: ignore[method-assign]
+    # Every subcommand shows its defaults.
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_SubParser)
 
     scenes = sub.add_parser("scenes", help="scene catalog, downloads, synthetic scenes")
-    ssub = scenes.add_subparsers(dest="scenes_command", metavar="ACTION", required=True)
-    _add_sparser = ssub.add_parser
-    ssub.add_parser = lambda name, **kw: _add_sparser(name, formatter_class=_HelpFormatter, **kw)  # type: ignore
+    ssub = scenes.add_subparsers(dest="scenes_command", metavar="ACTION", required=True, parser_class=_SubParser)
     p = ssub.add_parser("list", help="every scene: family, frame counts, on disk, prepared, size")
     _add_data_root(p)
     p = ssub.add_parser("download", help="fetch, verify, unpack and prepare real scenes")

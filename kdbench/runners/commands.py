@@ -16,7 +16,8 @@ out_console = Console(width=160)
 
 
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
-    table = Table(title=title)
+    out_console.print(title, highlight=False, markup=False)  # a long title above the table, not squeezed into it
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in metrics.items():
@@ -67,6 +68,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                       learn_beta=args.learn_beta or None, weights=weights)
     out = Path(args.out) if args.out else Path(args.runs_dir) / "train" / cfg.scene / (
         f"{cfg.arch}-{cfg.method}-seed{cfg.seed}-{cfg.hash()}")
+    from kdbench.scenes.cache import prepare_scene
+
+    prepare_scene(cfg.scene, args.data_root, load_size=cfg.load_size, quiet=args.quiet)  # its bars come first
     record = _TrainRecord(args.runs_dir, cfg, out, device)
     n_train = _train_frames(cfg.scene, args.data_root)
     label = f"{role} {cfg.arch} {cfg.method} on {cfg.scene} (seed {cfg.seed})"
