@@ -358,7 +358,10 @@ def test_plugin_methods_show_their_file(tmp_path, monkeypatch, capsys):
         class Mine(Method):
             description = "a test plugin"
     """))
+    from kdbench.methods import registry
+
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the plugin leaves no trace
     assert main(["methods", "--plugin", str(plugin)]) == 0
     out = capsys.readouterr().out
     assert "my_kd_listing  (teacher, from my_kd_listing.py)" in out and "kdbench_plugin_" not in out
