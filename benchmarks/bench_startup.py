@@ -30,7 +30,7 @@ COMMANDS = [
     ("report", ["report", "--runs-dir", "{full}"]),
     ("scenes list", ["scenes", "list"]),
     ("run --bogus (argument error)", ["run", "--bogus"]),
-    ("evaluate missing.pt (error)", ["evaluate", "{empty}/missing.pt"]),
+    ("evaluate missing.pt (error)", ["evaluate", "{empty}/missing.pt", "--scene", "SynthRoom"]),
 ]
 
 PROBE = "import sys, runpy; sys.argv = ['kdbench'] + sys.argv[1:]\n" \
@@ -57,9 +57,10 @@ def main() -> None:
             times = []
             for _ in range(args.repeat):
                 t0 = time.perf_counter()
-                subprocess.run([sys.executable, "-m", "kdbench.cli", *argv], env=env, capture_output=True)
+                subprocess.run([sys.executable, "-m", "kdbench.cli", *argv], env=env, capture_output=True, cwd=tmp)
                 times.append(time.perf_counter() - t0)
-            probe = subprocess.run([sys.executable, "-c", PROBE, *argv], env=env, capture_output=True, text=True)
+            probe = subprocess.run([sys.executable, "-c", PROBE, *argv], env=env, capture_output=True, text=True,
+                                   cwd=tmp)
             torch = "yes" if "TORCH True" in probe.stderr else "no"
             rows.append([name, f"{statistics.median(times):.2f}", f"{min(times):.2f}", torch])
     print(tabulate(rows, headers=["command", "median (s)", "fastest (s)", "imports torch"], tablefmt="github"))
