@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed of the rendering (textures, trajectories)")
     _add_data_root(p)
     _add_quiet(p)
+    p = ssub.add_parser("prepare", help="verify or (re)build the decoded caches; print the data fingerprints")
+    p.add_argument("names", nargs="+", help="scene names or groups")
+    p.add_argument("--load-size", type=int, default=None, help="cache short side in pixels (default: the preset's)")
+    p.add_argument("--preset", default="quick", choices=["quick", "paper"])
+    _add_data_root(p)
+    _add_quiet(p)
 
     p = sub.add_parser("train", help="train (and evaluate) one teacher or student")
     p.add_argument("--scene", required=True, help="scene name (see `kdbench scenes list`)")

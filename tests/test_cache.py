@@ -64,11 +64,11 @@ def test_interrupted_build_leaves_nothing_that_looks_complete(room, monkeypatch)
     calls = {"n": 0}
     real = cache_mod._decode
 
-    def failing(path, size):
+    def failing(path, size, source):
         calls["n"] += 1
         if calls["n"] == 5:
             raise RuntimeError("power cut")
-        return real(path, size)
+        return real(path, size, source)
 
     monkeypatch.setattr(cache_mod, "_decode", failing)
     with pytest.raises(RuntimeError):

@@ -32,9 +32,14 @@ class BenchmarkResult:
     seconds: float = 0.0
 
 
-def ensure_scenes(specs: list[SceneSpec], data_root: str | os.PathLike | None, load_size: int, quiet: bool) -> None:
-    """Stop before any training if a real scene is missing; render missing synthetic ones; build caches."""
+def ensure_scenes(specs: list[SceneSpec], data_root: str | os.PathLike | None, load_size: int,
+                  quiet: bool) -> dict[str, str]:
+    """Stop before any training if a real scene is missing; render missing synthetic ones; build caches.
+
+    Returns each scene's data fingerprint (scene name -> kdbench.scenes.cache.data_fingerprint).
+    """
     from kdbench.scenes.cache import prepare_scene
+    from kdbench.scenes.catalog import scene_lock
 
     missing = [s for s in specs if not s.synthetic and not is_on_disk(s, data_root)]
     if missing:
@@ -42,12 +47,19 @@ def ensure_scenes(specs: list[SceneSpec], data_root: str | os.PathLike | None, l
                  f"{s.n_train + s.n_test} frames)" for s in missing]
         raise KdbenchError("these scenes are not on disk under " f"{scene_dir(missing[0], data_root).parent}:\n"
                            + "\n".join(lines) + "\n(or point --data-root / $KDBENCH_DATA at where they are)")
+    fingerprints = {}
     for spec in specs:
         if spec.synthetic and not is_on_disk(spec, data_root):
             from kdbench.scenes.synth import render_scene
 
-            render_scene(spec, data_root, quiet=quiet)
-        prepare_scene(spec, data_root, load_size=load_size, quiet=quiet)
+            # Locked and checked again: a second `kdbench run` on a fresh data root waits, then reuses it.
+            with scene_lock(scene_dir(spec, data_root), f"rendering {spec.name}", quiet=quiet):
+                if not is_on_disk(spec, data_root):
+                    render_scene(spec, data_root, quiet=quiet)
+                fingerprints[spec.name] = prepare_scene(spec, data_root, load_size=load_size, quiet=quiet)
+        else:
+            fingerprints[spec.name] = prepare_scene(spec, data_root, load_size=load_size, quiet=quiet)
+    return fingerprints
 
 
 def _job_row(job: Job, status: str, env_id: int) -> dict[str, Any]:

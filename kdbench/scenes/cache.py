@@ -1,14 +1,36 @@
-"""Decoded-image cache: each split decoded once into a uint8 memory-mapped array, rebuilt when stale.
+"""Decoded-image cache: each split decoded once into a uint8 memory-mapped array, verified on reuse.
 
-Layout: <scene>/.kdbench-cache/<split>-<load_size>/{images.npy, poses.npy, manifest.json[, mean.npy]}.
-The manifest lists every source image with size and mtime plus the settings; the poses are compared too,
-so an edited label file also triggers a rebuild. Built in a temporary folder and renamed into place.
+Layout: <scene>/.kdbench-cache/<split>-<load_size>/{images.npy, poses.npy, split_mean.npy, manifest.json}.
+
+The manifest records, for every source image, its path, byte size, mtime and a blake2b digest of its
+bytes (taken at build time, from the bytes that were decoded), the labels' sha256, the decoded size, and
+for each cache file its byte size plus a checksum: a full sha256 for the small files, a sampled one
+(SAMPLE_BLOCKS blocks spread over the file) for images.npy, so reuse never re-reads gigabytes.
+A cache is reused only when sources, labels and settings match and every cache file has its recorded
+size and checksum; a damaged one (truncated, missing, edited) is rebuilt with a message saying why.
+
+Every image of a split must share one size and one 8-bit mode (the most common one); an image that
+differs is refused by name, rather than stretched into the split's size or clipped to white (16-bit).
+
+`data_fingerprint` identifies the data a job trains and is evaluated on: a hash of both splits' manifest
+entries that do not depend on where or when the files were copied (paths, content digests, labels, decoded
+size, load size, cache version). It reads the two manifests only.
+
+Builds run under the scene lock (`catalog.scene_lock`), go to a temporary folder renamed into place, and
+first remove temporary folders that a killed build left behind. A cache that is fresh is read without the
+lock, so a read-only data root serves caches that were prepared before.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
 import json
 import os
+import shutil
+import tempfile
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +40,17 @@ from PIL import Image
 
 from kdbench.errors import KdbenchError
 from kdbench.fileio import atomic_dir
-from kdbench.progress import make_progress
-from kdbench.scenes.catalog import SceneSpec, get_scene, scene_dir
+from kdbench.progress import console, make_progress
+from kdbench.scenes.catalog import SceneSpec, get_scene, scene_dir, scene_lock
 from kdbench.scenes.readers import SPLITS, Frame, read_split
 
 CACHE_DIRNAME = ".kdbench-cache"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 DEFAULT_LOAD_SIZE = 256
+SAMPLE_BLOCKS = 16  # blocks of images.npy hashed at every reuse
+SAMPLE_BYTES = 1 << 16
+# Modes whose convert("RGB") keeps the picture; 16/32-bit integer and float images turn white or black.
+EIGHT_BIT_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
 
 
 @dataclass
@@ -38,6 +64,7 @@ class SplitCache:
     poses: np.ndarray
     image_paths: list[str]
     mean: np.ndarray  # (H, W, 3) float32 mean image of the TRAIN split (used for both splits)
+    fingerprint: str = ""  # this split's data (see data_fingerprint)
 
     def __len__(self) -> int:
         return len(self.poses)
@@ -52,69 +79,219 @@ def _source_list(frames: list[Frame], root: Path) -> list[list]:
     out = []
     for f in frames:
         st = f.image_path.stat()
-        out.append([os.path.relpath(f.image_path, root), st.st_size, st.st_mtime_ns])
+        out.append([Path(os.path.relpath(f.image_path, root)).as_posix(), st.st_size, st.st_mtime_ns])
     return out
 
 
-def _is_fresh(path: Path, sources: list[list], poses: np.ndarray, load_size: int) -> bool:
-    manifest = path / "manifest.json"
-    if not manifest.is_file() or not (path / "images.npy").is_file():
-        return False
+# ----------------------------------------------------------------------------------------------------
+# Checksums
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sampled_digest(path: Path) -> str:
+    """blake2b of the file size and SAMPLE_BLOCKS blocks spread evenly over it (first and last included)."""
+    size = path.stat().st_size
+    h = hashlib.blake2b(str(size).encode(), digest_size=16)
+    starts = np.linspace(0, max(size - SAMPLE_BYTES, 0), SAMPLE_BLOCKS).astype(np.int64)
+    with open(path, "rb") as fh:
+        for start in sorted(set(starts.tolist())):
+            fh.seek(start)
+            h.update(fh.read(SAMPLE_BYTES))
+    return h.hexdigest()
+
+
+def _poses_digest(poses: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(poses, dtype=np.float32).tobytes()).hexdigest()
+
+
+def _split_fingerprint(manifest: dict) -> str:
+    """Hash of what a split's data is, independent of mtimes and of where the files sit."""
+    blob = json.dumps({"version": manifest["version"], "load_size": manifest["load_size"],
+                       "size": manifest["size"], "images": [[s[0], d] for s, d in
+                                                            zip(manifest["sources"], manifest["digests"])],
+                       "poses": manifest["poses_sha256"]}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reuse check
+
+
+def _reuse_problem(path: Path, sources: list[list], poses: np.ndarray, load_size: int) -> tuple[str, str] | None:
+    """None when the cache in `path` can be reused; else (kind, reason), kind 'absent'|'stale'|'damaged'."""
+    manifest_file = path / "manifest.json"
+    if not path.exists():
+        return "absent", "not built yet"
     try:
-        m = json.loads(manifest.read_text())
-        cached_poses = np.load(path / "poses.npy")
-    except (OSError, ValueError):
-        return False
-    return (m.get("version") == CACHE_VERSION and m.get("load_size") == load_size and m.get("sources") == sources
-            and cached_poses.shape == poses.shape and np.allclose(cached_poses, poses, atol=1e-6))
+        m = json.loads(manifest_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "damaged", "manifest.json is missing"
+    except (OSError, ValueError) as exc:
+        return "damaged", f"manifest.json is unreadable ({exc})"
+    if not isinstance(m, dict) or m.get("version") != CACHE_VERSION:
+        return "stale", "it was written by another kdbench version"
+    if m.get("load_size") != load_size or not isinstance(m.get("files"), dict):
+        return "damaged", "manifest.json does not describe this cache"
+    if m.get("sources") != sources:
+        return "stale", "the source images changed"
+    if m.get("poses_sha256") != _poses_digest(poses):
+        return "stale", "the labels changed"
+    for name, rec in m["files"].items():
+        f = path / name
+        if not f.is_file():
+            return "damaged", f"{name} is missing"
+        size = f.stat().st_size
+        if size != rec.get("bytes"):
+            return "damaged", f"{name} has {size} bytes instead of {rec.get('bytes')} (truncated or replaced)"
+        if "sha256" in rec and _sha256_file(f) != rec["sha256"]:
+            return "damaged", f"{name} does not match its checksum"
+        if "sampled" in rec and _sampled_digest(f) != rec["sampled"]:
+            return "damaged", f"{name} does not match its checksum"
+    for name in ("images.npy", "poses.npy", "split_mean.npy"):
+        if name not in m["files"]:
+            return "damaged", f"manifest.json does not list {name}"
+    return None
 
 
-def _target_size(first: Path, load_size: int) -> tuple[int, int]:
-    with Image.open(first) as im:
-        w, h = im.size
+# ----------------------------------------------------------------------------------------------------
+# Image checks and decoding
+
+
+def _probe(path: Path) -> tuple[tuple[int, int], str]:
+    """(width, height) and mode from the image header, without decoding the pixels."""
+    try:
+        with Image.open(path) as im:
+            return im.size, im.mode
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise KdbenchError(f"cannot decode image {path} ({exc}): the file is corrupt; download or render "
+                           "the scene again, or replace that file") from None
+
+
+def _check_images(frames: list[Frame], label: str) -> tuple[tuple[int, int], str]:
+    """The split's common (size, mode); any image that differs, or a mode that is not 8-bit, is refused."""
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
+        probes = list(pool.map(lambda f: _probe(f.image_path), frames))
+    (size, mode), _count = Counter(probes).most_common(1)[0]
+    odd = [(f, p) for f, p in zip(frames, probes) if p != (size, mode)]
+    if odd:
+        f, ((w, h), m) = odd[0]
+        more = f" ({len(odd)} of {len(frames)} images differ)" if len(odd) > 1 else ""
+        raise KdbenchError(f"image {f.image_path} is {w}x{h} {m}, but the {label} images are "
+                           f"{size[0]}x{size[1]} {mode}{more}: replace or remove that image; kdbench does not "
+                           "stretch or convert odd frames")
+    if mode not in EIGHT_BIT_MODES:
+        raise KdbenchError(f"image {frames[0].image_path} has mode {mode} (16/32-bit or float), like every "
+                           f"{label} image: kdbench reads 8-bit images; convert them to 8-bit RGB")
+    return size, mode
+
+
+def _target_size(source: tuple[int, int], load_size: int) -> tuple[int, int]:
+    w, h = source
     scale = load_size / min(w, h)
     return max(load_size, round(w * scale)), max(load_size, round(h * scale))
 
 
-def _decode(path: Path, size: tuple[int, int]) -> np.ndarray:
+def _decode(path: Path, size: tuple[int, int], source: tuple[tuple[int, int], str]) -> tuple[np.ndarray, str]:
+    """The image resized to `size` as uint8 RGB, and the digest of the file bytes it was decoded from."""
     try:
-        with Image.open(path) as im:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as im:
+            if (im.size, im.mode) != source:  # changed since the size check
+                raise KdbenchError(f"image {path} is {im.size[0]}x{im.size[1]} {im.mode}, but the split's "
+                                   f"images are {source[0][0]}x{source[0][1]} {source[1]}: replace it")
             im = im.convert("RGB")
             if im.size != size:
                 im = im.resize(size, Image.BILINEAR, reducing_gap=3.0)
-            return np.asarray(im, dtype=np.uint8)
-    except (OSError, ValueError) as exc:
+            return np.asarray(im, dtype=np.uint8), hashlib.blake2b(data, digest_size=16).hexdigest()
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise KdbenchError(f"cannot decode image {path} ({exc}): the file is corrupt; download or render "
                            "the scene again") from None
 
 
+# ----------------------------------------------------------------------------------------------------
+# Building
+
+
+def _check_writable(folder: Path, spec: SceneSpec, split: str, load_size: int) -> None:
+    """A clear error, before any work, when the cache cannot be written where it belongs."""
+    probe_dir = folder
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    try:
+        with tempfile.TemporaryFile(dir=probe_dir):
+            pass
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise KdbenchError(
+            f"{spec.name} {split} needs a new {load_size}px cache in {folder}, but {probe_dir} is not writable "
+            f"({exc.strerror}): copy the scene folder to a writable place and pass that data root with "
+            "--data-root, or prepare it once with write access (`kdbench scenes prepare "
+            f"{spec.name} --load-size {load_size}`)") from None
+
+
+def _remove_orphans(cache_root: Path, quiet: bool) -> None:
+    """Temporary folders of builds that were killed; only called under the scene lock, so none is live."""
+    if not cache_root.is_dir():
+        return
+    orphans = [p for p in cache_root.iterdir() if p.name.startswith(".") and p.name.endswith((".tmp", ".old"))]
+    for p in orphans:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    if orphans and not quiet:
+        console.print(f"removed {len(orphans)} temporary folder(s) left by an interrupted cache build in "
+                      f"{cache_root}", markup=False, highlight=False)
+
+
 def _build(path: Path, frames: list[Frame], sources: list[list], poses: np.ndarray, load_size: int,
            label: str, quiet: bool) -> None:
-    w, h = _target_size(frames[0].image_path, load_size)
+    source = _check_images(frames, label)
+    w, h = _target_size(source[0], load_size)
+    digests: list[str] = []
     with atomic_dir(path) as tmp:
         images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
                                            shape=(len(frames), h, w, 3))
         total = np.zeros((h, w, 3), dtype=np.float64)
         with make_progress(quiet) as progress, ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
             task = progress.add_task(f"caching {label}", total=len(frames), info="")
-            for i, img in enumerate(pool.map(lambda f: _decode(f.image_path, (w, h)), frames)):
+            for i, (img, digest) in enumerate(pool.map(lambda f: _decode(f.image_path, (w, h), source), frames)):
                 images[i] = img
                 total += img
+                digests.append(digest)
                 progress.advance(task)
         images.flush()
         del images
         np.save(tmp / "poses.npy", poses)
         np.save(tmp / "split_mean.npy", (total / len(frames)).astype(np.float32))
+        files = {"images.npy": {"bytes": (tmp / "images.npy").stat().st_size,
+                                "sampled": _sampled_digest(tmp / "images.npy")}}
+        for name in ("poses.npy", "split_mean.npy"):
+            files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256_file(tmp / name)}
         manifest = {"version": CACHE_VERSION, "load_size": load_size, "size": [h, w], "n": len(frames),
-                    "sources": sources}
-        (tmp / "manifest.json").write_text(json.dumps(manifest))
+                    "source_size": list(source[0]), "source_mode": source[1], "sources": sources,
+                    "digests": digests, "poses_sha256": _poses_digest(poses), "files": files}
+        manifest["fingerprint"] = _split_fingerprint(manifest)
+        (tmp / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+
+
+def _read_manifest(path: Path) -> dict:
+    return json.loads((path / "manifest.json").read_text(encoding="utf-8"))
 
 
 def load_split_cache(spec: SceneSpec | str, root: str | os.PathLike | None = None, split: str = "train",
                      load_size: int = DEFAULT_LOAD_SIZE, quiet: bool = True,
                      scene_root: str | os.PathLike | None = None,
                      train_mean: np.ndarray | None = None) -> SplitCache:
-    """The cache of one split, built (or rebuilt, when sources or settings changed) on first use.
+    """The cache of one split: reused when verified, else (re)built, saying why when it was damaged.
 
     The test split carries the train split's mean image; pass `train_mean` when the caller already holds
     it, so the train split is not checked again.
@@ -129,23 +306,75 @@ def load_split_cache(spec: SceneSpec | str, root: str | os.PathLike | None = Non
     poses = np.stack([f.pose for f in frames]).astype(np.float32)
     sources = _source_list(frames, root_dir)
     path = cache_path(root_dir, split, load_size)
-    if not _is_fresh(path, sources, poses, load_size):
-        _build(path, frames, sources, poses, load_size, f"{spec.name} {split} @{load_size}px", quiet)
+    label = f"{spec.name} {split} @{load_size}px"
+    if _reuse_problem(path, sources, poses, load_size) is not None:
+        _check_writable(path, spec, split, load_size)
+        with scene_lock(root_dir, f"preparing {spec.name}", quiet=quiet):
+            # Another process may have rendered the scene or built this cache while this one waited.
+            frames = read_split(root_dir, spec, split)
+            poses = np.stack([f.pose for f in frames]).astype(np.float32)
+            sources = _source_list(frames, root_dir)
+            problem = _reuse_problem(path, sources, poses, load_size)
+            if problem is not None:
+                _remove_orphans(path.parent, quiet)
+                kind, reason = problem
+                if kind == "damaged":  # said even when quiet: the user should know their cache broke
+                    console.print(f"the {label} cache in {path} is damaged ({reason}); rebuilding it",
+                                  markup=False, highlight=False)
+                elif kind == "stale" and not quiet:
+                    console.print(f"rebuilding the {label} cache: {reason}", markup=False, highlight=False)
+                _build(path, frames, sources, poses, load_size, label, quiet)
+    manifest = _read_manifest(path)
     if split == "train":
         mean = np.load(path / "split_mean.npy")
     elif train_mean is not None:
         mean = train_mean
     else:
         mean = load_split_cache(spec, root, "train", load_size, quiet, scene_root).mean
-    return SplitCache(spec.name, split, path, np.load(path / "images.npy", mmap_mode="r"),
-                      np.load(path / "poses.npy"), [s[0] for s in sources], mean)
+    images = np.load(path / "images.npy", mmap_mode="r")
+    if mean.shape != images.shape[1:]:
+        raise KdbenchError(f"the test images of {spec.name} decode to {images.shape[2]}x{images.shape[1]} but the "
+                           f"train images to {mean.shape[1]}x{mean.shape[0]} at {load_size}px: both splits "
+                           f"must have one image size; check the images in {root_dir}")
+    return SplitCache(spec.name, split, path, images, np.load(path / "poses.npy"), [s[0] for s in sources], mean,
+                      manifest["fingerprint"])
+
+
+def _combine(spec: SceneSpec, load_size: int, split_fps: list[str]) -> str:
+    blob = f"kdbench-data-v{CACHE_VERSION}:{spec.name}:{load_size}:" + ":".join(split_fps)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def data_fingerprint(spec_or_name: SceneSpec | str, data_root: str | os.PathLike | None = None,
+                     load_size: int = DEFAULT_LOAD_SIZE) -> str:
+    """16 hex digits naming the data of both splits at `load_size`; reads the two cache manifests only.
+
+    Call it after `prepare_scene` (which returns the same value, having verified the caches); an
+    unprepared scene is an error that names the command to run.
+    """
+    spec = get_scene(spec_or_name)
+    root_dir = scene_dir(spec, data_root)
+    fps = []
+    for split in SPLITS:
+        path = cache_path(root_dir, split, load_size)
+        try:
+            m = _read_manifest(path)
+            if m.get("version") != CACHE_VERSION or m.get("load_size") != load_size:
+                raise ValueError("another cache version")
+            fps.append(m["fingerprint"])
+        except (OSError, ValueError, KeyError):
+            raise KdbenchError(f"{spec.name} has no current {split} cache at {load_size}px in {path}: prepare it "
+                               f"with `kdbench scenes prepare {spec.name} --load-size {load_size}`") from None
+    return _combine(spec, load_size, fps)
 
 
 def prepare_scene(spec: SceneSpec | str, root: str | os.PathLike | None = None,
-                  load_size: int = DEFAULT_LOAD_SIZE, quiet: bool = False) -> None:
-    """Build the caches of both splits (what `scenes download` and `scenes synth` finish with)."""
-    for split in SPLITS:
-        load_split_cache(spec, root, split, load_size, quiet)
+                  load_size: int = DEFAULT_LOAD_SIZE, quiet: bool = False) -> str:
+    """Verify or build the caches of both splits; return the scene's data fingerprint at `load_size`."""
+    spec = get_scene(spec)
+    train = load_split_cache(spec, root, "train", load_size, quiet)
+    test = load_split_cache(spec, root, "test", load_size, quiet, train_mean=train.mean)
+    return _combine(spec, load_size, [train.fingerprint, test.fingerprint])
 
 
 def prepared_sizes(scene_root: Path) -> list[int]:

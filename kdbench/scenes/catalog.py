@@ -9,6 +9,7 @@ from pathlib import Path
 
 from kdbench.errors import KdbenchError
 
+LOCKS_DIRNAME = ".kdbench-locks"  # under the data root: the scene folder itself is replaced by a render
 CAMBRIDGE_BASE = "https://www.repository.cam.ac.uk/bitstream/handle/1810"
 SEVEN_SCENES_BASE = "http://download.microsoft.com/download/2/8/5/28564B23-0828-408F-8631-23B1EFF1DAC8"
 
@@ -119,10 +120,17 @@ def resolve_scenes(names: str | list[str] | tuple[str, ...]) -> list[SceneSpec]:
 
 def data_root(arg: str | os.PathLike | None = None) -> Path:
     """The folder that holds scene folders: the argument, else $KDBENCH_DATA, else ./datasets."""
-    if arg:
-        return Path(arg).expanduser().resolve()
     env = os.environ.get("KDBENCH_DATA")
-    return Path(env).expanduser().resolve() if env else Path("datasets").resolve()
+    if arg:
+        path, given = Path(arg).expanduser().resolve(), f"--data-root {arg}"
+    elif env:
+        path, given = Path(env).expanduser().resolve(), f"$KDBENCH_DATA={env}"
+    else:
+        path, given = Path("datasets").resolve(), "the default data root ./datasets"
+    if path.exists() and not path.is_dir():
+        raise KdbenchError(f"{given} names {path}, which is a file, not a folder: pass the folder that holds "
+                           "the scene folders (it is created when missing)")
+    return path
 
 
 def scene_dir(spec: SceneSpec | str, root: str | os.PathLike | None = None) -> Path:
@@ -142,3 +150,15 @@ def is_on_disk(spec: SceneSpec | str, root: str | os.PathLike | None = None) -> 
     """True when the scene folder holds its split files (a finished download or render)."""
     d = scene_dir(spec, root)
     return all(p.is_file() for p in split_files(spec, d))
+
+
+def scene_lock(scene_root: str | os.PathLike, what: str, quiet: bool = False):
+    """The lock that one process holds while it renders, unpacks or caches the scene in `scene_root`.
+
+    It lives beside the scene folder (`<data root>/.kdbench-locks/<folder>.lock`), since a render replaces
+    the scene folder itself; a second process waits for the first instead of building under its feet.
+    """
+    from kdbench.locks import file_lock
+
+    root = Path(scene_root)
+    return file_lock(root.parent / LOCKS_DIRNAME / f"{root.name}.lock", what, quiet=quiet)

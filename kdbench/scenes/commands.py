@@ -6,7 +6,7 @@ import argparse
 
 from kdbench.config import get_preset
 from kdbench.errors import KdbenchError
-from kdbench.scenes.catalog import data_root, get_scene, resolve_scenes
+from kdbench.scenes.catalog import data_root, get_scene, is_on_disk, resolve_scenes, scene_dir, scene_lock
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -58,9 +58,27 @@ def cmd_synth(args: argparse.Namespace) -> int:
         w, h = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
         raise KdbenchError(f"--size {args.size!r}: expected WIDTHxHEIGHT, e.g. 160x120") from None
-    path = render_scene(spec, args.data_root, frames_per_seq=args.frames, size=(w, h), seed=args.seed,
-                        quiet=args.quiet)
-    # Synthetic scenes serve the offline quick preset: cache at its size rather than upsampling to 256 px.
-    prepare_scene(spec, args.data_root, load_size=get_preset("quick").load_size, quiet=args.quiet)
+    # One lock over render and cache: a second `scenes synth` or `run` waits instead of replacing the
+    # folder under this one's cache build.
+    with scene_lock(scene_dir(spec, args.data_root), f"rendering {spec.name}", quiet=args.quiet):
+        path = render_scene(spec, args.data_root, frames_per_seq=args.frames, size=(w, h), seed=args.seed,
+                            quiet=args.quiet)
+        # Synthetic scenes serve the offline quick preset: cache at its size rather than upsampling to 256 px.
+        prepare_scene(spec, args.data_root, load_size=get_preset("quick").load_size, quiet=args.quiet)
     print(path)
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Verify (rebuilding what is stale or damaged) the caches of scenes on disk; print their fingerprints."""
+    from kdbench.scenes.cache import prepare_scene
+
+    load_size = args.load_size or get_preset(args.preset).load_size
+    for spec in resolve_scenes(args.names):
+        if not is_on_disk(spec, args.data_root):
+            how = "synth" if spec.synthetic else "download"
+            raise KdbenchError(f"{spec.name} is not on disk under {data_root(args.data_root)}: run "
+                               f"`kdbench scenes {how} {spec.name}` first")
+        fingerprint = prepare_scene(spec, args.data_root, load_size=load_size, quiet=args.quiet)
+        print(f"{spec.name}\t{load_size}px\tdata {fingerprint}")
     return 0

@@ -3,6 +3,13 @@
 A Frame's pose is the dataset's own label: camera centre (x, y, z) and a unit quaternion (w, x, y, z)
 with w >= 0. The quaternion is world-to-camera in the Cambridge layout and camera-to-world in the
 7-Scenes layout (DATASETS.md); `camera_to_world` turns either into a 4x4 camera-to-world matrix.
+
+Split integrity: a sequence (7-Scenes) or image (Cambridge) listed in both splits is train/test leakage
+and an error. A duplicate inside one split is an error too, not a warning: it silently double-weights a
+frame in training or in the test medians, with two different poses one label is wrong, the official
+files contain none, and the fix (delete the line) is trivial.
+Cambridge header lines are recognised by content, not counted: leading lines whose first field is not
+an image file name (the official files have three); a file without a header loses no frame.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from kdbench.poses import canonical_quat, matrix_to_quat, quat_to_matrix, rigid_
 from kdbench.scenes.catalog import SceneSpec, get_scene
 
 SPLITS = ("train", "test")
-CAMBRIDGE_HEADER_LINES = 3
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
 
 
 @dataclass(frozen=True)
@@ -63,12 +70,35 @@ def _read_cambridge(root: Path, split: str) -> list[Frame]:
     label = root / f"dataset_{split}.txt"
     if not label.is_file():
         raise KdbenchError(f"missing label file {label}: a Cambridge scene folder needs dataset_{split}.txt")
-    frames = []
+    frames, seen = _read_cambridge_file(label, root)
+    other = root / f"dataset_{_other(split)}.txt"
+    if other.is_file():
+        _, other_seen = _read_cambridge_file(other, root)
+        for rel, lineno in seen.items():
+            if rel in other_seen:
+                raise KdbenchError(
+                    f"{label}:{lineno}: image {rel} is also in {other.name}:{other_seen[rel]}: an image cannot "
+                    "be in both splits (train/test leakage); remove it from one of them")
+    return frames
+
+
+def _looks_like_data(cols: list[str]) -> bool:
+    return bool(cols) and cols[0].lower().endswith(IMAGE_SUFFIXES)
+
+
+def _read_cambridge_file(label: Path, root: Path) -> tuple[list[Frame], dict[str, int]]:
+    """Frames of one label file and the line of each image; header lines are skipped by content."""
+    frames: list[Frame] = []
+    seen: dict[str, int] = {}
+    in_header = True
     with open(label, encoding="utf-8", errors="replace") as fh:
         for lineno, line in enumerate(fh, start=1):
-            if lineno <= CAMBRIDGE_HEADER_LINES or not line.strip():
-                continue
             cols = line.split()
+            if not cols:
+                continue
+            if in_header and not _looks_like_data(cols):
+                continue  # e.g. 'Visual Landmark Dataset V1', 'ImageFile, Camera Position [X Y Z W P Q R]'
+            in_header = False
             if len(cols) != 8:
                 raise KdbenchError(
                     f"{label}:{lineno}: expected 8 space-separated columns "
@@ -83,20 +113,32 @@ def _read_cambridge(root: Path, split: str) -> list[Frame]:
             rel = cols[0]
             if os.path.isabs(rel) or ".." in Path(rel).parts:
                 raise KdbenchError(f"{label}:{lineno}: image path {rel!r} must be relative to the scene folder")
+            key = Path(rel).as_posix()
+            if key in seen:
+                raise KdbenchError(
+                    f"{label}:{lineno}: image {rel} is listed again (first on line {seen[key]}): each image may "
+                    "appear once per split (a duplicate double-weights it; with another pose one label is "
+                    "wrong); delete one of the lines")
+            seen[key] = lineno
             pose = np.concatenate([values[:3], canonical_quat(values[3:])])
             frames.append(Frame(root / rel, pose))
-    return frames
+    return frames, seen
+
+
+def _other(split: str) -> str:
+    return "test" if split == "train" else "train"
 
 
 _SEQ_RE = re.compile(r"^sequence(\d+)$", re.IGNORECASE)
 
 
-def _read_7scenes(root: Path, split: str) -> list[Frame]:
-    split_file = root / ("TrainSplit.txt" if split == "train" else "TestSplit.txt")
-    if not split_file.is_file():
-        raise KdbenchError(f"missing split file {split_file}: a 7-Scenes folder needs TrainSplit.txt and "
-                           "TestSplit.txt")
-    seqs = []
+def _split_file_7scenes(root: Path, split: str) -> Path:
+    return root / ("TrainSplit.txt" if split == "train" else "TestSplit.txt")
+
+
+def _read_sequences(split_file: Path) -> dict[int, int]:
+    """Sequence number -> line of a TrainSplit.txt / TestSplit.txt; a sequence listed twice is an error."""
+    seqs: dict[int, int] = {}
     with open(split_file, encoding="utf-8", errors="replace") as fh:
         for lineno, line in enumerate(fh, start=1):
             text = line.strip()
@@ -105,7 +147,28 @@ def _read_7scenes(root: Path, split: str) -> list[Frame]:
             m = _SEQ_RE.match(text)
             if not m:
                 raise KdbenchError(f"{split_file}:{lineno}: expected a line like 'sequence2', found {text!r}")
-            seqs.append(int(m.group(1)))
+            seq = int(m.group(1))
+            if seq in seqs:
+                raise KdbenchError(f"{split_file}:{lineno}: sequence{seq} is listed again (first on line "
+                                   f"{seqs[seq]}): its frames would count twice; delete one of the lines")
+            seqs[seq] = lineno
+    return seqs
+
+
+def _read_7scenes(root: Path, split: str) -> list[Frame]:
+    split_file = _split_file_7scenes(root, split)
+    if not split_file.is_file():
+        raise KdbenchError(f"missing split file {split_file}: a 7-Scenes folder needs TrainSplit.txt and "
+                           "TestSplit.txt")
+    seqs = _read_sequences(split_file)
+    other = _split_file_7scenes(root, _other(split))
+    if other.is_file():
+        other_seqs = _read_sequences(other)
+        for seq, lineno in seqs.items():
+            if seq in other_seqs:
+                raise KdbenchError(
+                    f"{split_file}:{lineno}: sequence{seq} is also in {other.name}:{other_seqs[seq]}: a "
+                    "sequence cannot be in both splits (train/test leakage); remove it from one of them")
     frames = []
     for seq in seqs:
         seq_dir = root / f"seq-{seq:02d}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import colorsys
 import functools
 import os
+import shutil
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,8 +26,8 @@ from PIL import Image
 
 from kdbench.errors import KdbenchError
 from kdbench.fileio import atomic_dir
-from kdbench.progress import make_progress
-from kdbench.scenes.catalog import SceneSpec, get_scene, scene_dir
+from kdbench.progress import console, make_progress
+from kdbench.scenes.catalog import SceneSpec, get_scene, scene_dir, scene_lock
 from kdbench.scenes.readers import camera_to_world, pose_label, read_split
 
 FOCAL_FRACTION = 0.9
@@ -77,11 +78,26 @@ def render_scene(spec_or_name: SceneSpec | str, root: str | os.PathLike | None =
     poses = {s: sequence_poses(spec, s, n, seed) for s in seqs}
     target = scene_dir(spec, root)
     # Everything goes into a temporary folder that replaces the target only once complete, so an
-    # interrupted render never leaves split files that make the scene look ready.
-    with atomic_dir(target) as tmp:
-        frames = _write_labels(spec, tmp, poses)
-        _render_frames(spec, frames, size, seed, quiet)
+    # interrupted render never leaves split files that make the scene look ready. The scene lock keeps a
+    # second process from replacing the folder while this one renders or caches it.
+    with scene_lock(target, f"rendering {spec.name}", quiet=quiet):
+        _remove_orphans(target, quiet)
+        with atomic_dir(target) as tmp:
+            frames = _write_labels(spec, tmp, poses)
+            _render_frames(spec, frames, size, seed, quiet)
     return target
+
+
+def _remove_orphans(target: Path, quiet: bool) -> None:
+    """Temporary folders of renders that were killed (atomic_dir's names); the caller holds the scene lock."""
+    if not target.parent.is_dir():
+        return
+    orphans = [p for p in target.parent.glob(f".{target.name}.*") if p.is_dir() and p.name.endswith((".tmp", ".old"))]
+    for p in orphans:
+        shutil.rmtree(p, ignore_errors=True)
+    if orphans and not quiet:
+        console.print(f"removed {len(orphans)} temporary folder(s) left by an interrupted render of {target.name}",
+                      markup=False, highlight=False)
 
 
 def render_view(spec_or_name: SceneSpec | str, c2w: np.ndarray, size: tuple[int, int] = (160, 120),
