@@ -225,7 +225,9 @@ def test_cambridge_download(server, root, tmp_path, top):
     train, test = read_split(path, spec, "train"), read_split(path, spec, "test")
     assert [f.image_path.name for f in train] == ["frame00001.png", "frame00002.png", "frame00003.png"]
     assert len(test) == 2 and np.allclose(train[1].pose[:3], [2, 2, 1.5])
-    assert (path / "reconstruction.nvm").is_file()
+    frames = {f"seq{s}/frame{i:05d}.png" for s, i in ((2, 1), (2, 2), (2, 3), (1, 1), (3, 1))}
+    assert {p.relative_to(path).as_posix() for p in _tree(path)} == {"dataset_train.txt", "dataset_test.txt"} | frames
+    assert not (path / "reconstruction.nvm").exists()  # not part of the layout: left in the zip
     assert not list((root / ".downloads").iterdir())  # zip, metadata and lock are gone
     assert len(server.requests) == 1 and server.requests[0]["user_agent"].startswith("kdbench/")
 
@@ -411,6 +413,46 @@ def test_disk_full_keeps_the_finished_download(server, root, tmp_path, monkeypat
 
 
 # ---------------------------------------------------------------- unsafe archives
+
+
+def test_unlisted_junk_is_not_unpacked(server, root, tmp_path, capsys):
+    junk = b"\0" * (8 << 20)
+    data = cambridge_zip(tmp_path / "shop.zip", extra=[("ShopFacade/junk/fill.bin", junk),
+                                                       ("ShopFacade/seq2/unlisted.png", _png(7)),
+                                                       ("ShopFacade/video.mp4", b"mp4" * 1000)])
+    spec = dataclasses.replace(SHOP, url=_serve(server, "ShopFacade.zip", data))
+    path = download_scene(spec, root, quiet=False)
+    assert not (path / "junk").exists() and not (path / "seq2" / "unlisted.png").exists()
+    assert not (path / "video.mp4").exists()
+    assert sum(p.stat().st_size for p in _tree(root)) < 1 << 20  # nothing of the 8 MB landed anywhere
+    assert "left 3 file(s) in the archive" in capsys.readouterr().err
+
+
+def test_7scenes_depth_maps_and_unlisted_sequences_stay_in_the_zip(server, root, tmp_path):
+    data = seven_scenes_zip(tmp_path / "heads.zip", nested_extra=[("seq-01/frame-000000.depth.png", _png(3))])
+    with zipfile.ZipFile(tmp_path / "heads.zip", "a") as zf:
+        zf.writestr("heads/seq-07.zip", _seq_zip(7, True, ()))  # listed in no split file
+        zf.writestr("heads/seq-07/frame-000000.color.png", _png(4))
+    data = (tmp_path / "heads.zip").read_bytes()
+    spec = dataclasses.replace(HEADS, url=_serve(server, "heads.zip", data))
+    path = download_scene(spec, root, quiet=True)
+    names = {p.relative_to(path).as_posix() for p in _tree(path)}
+    assert not any("depth" in n or "seq-07" in n for n in names)
+    assert len(read_split(path, spec, "train")) == 2 and len(read_split(path, spec, "test")) == 2
+
+
+def test_zip_bomb_member_is_refused(server, root, tmp_path):
+    bomb = b"\0" * (8 << 20)
+    with zipfile.ZipFile(tmp_path / "shop.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        for split in ("train", "test"):
+            zf.writestr(f"ShopFacade/dataset_{split}.txt", "h\nh\n\nseq1/frame00001.png 1 2 3 1 0 0 0\n"
+                        if split == "train" else "h\nh\n\nseq3/frame00001.png 1 2 3 1 0 0 0\n")
+        zf.writestr("ShopFacade/seq1/frame00001.png", bomb)  # listed, but expands 1000-fold
+        zf.writestr("ShopFacade/seq3/frame00001.png", _png(1))
+    spec = dataclasses.replace(SHOP, url=_serve(server, "ShopFacade.zip", (tmp_path / "shop.zip").read_bytes()))
+    with pytest.raises(KdbenchError, match=r"refusing to unpack .*seq1/frame00001.png.*zip bomb"):
+        download_scene(spec, root, quiet=True)
+    _assert_no_leftovers(root, spec)
 
 
 def _symlink_member() -> zipfile.ZipInfo:

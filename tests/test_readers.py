@@ -123,3 +123,88 @@ def test_street_style_paths_are_accepted(tmp_path):
     (f,) = read_split(tmp_path, "Street", "test", check_images=False)
     assert f.image_path.name == "image_east_0001.png"
     assert np.allclose(f.pose[3:], [0.5, -0.5, -0.5, -0.5])  # sign made canonical
+
+
+# ---------------------------------------------------------------- split integrity and headers
+
+
+@pytest.fixture
+def stairs_copy(stairs_dir, tmp_path) -> Path:
+    dest = tmp_path / "stairs"
+    shutil.copytree(stairs_dir, dest)
+    return dest
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_7scenes_sequence_in_both_splits_is_leakage(stairs_copy, split):
+    (stairs_copy / "TrainSplit.txt").write_bytes(b"sequence2\r\nsequence3\r\nsequence4\r\n")  # 4 is a test seq
+    with pytest.raises(KdbenchError, match=r"sequence4 is also in .*both splits \(train/test leakage\)"):
+        read_split(stairs_copy, "Stairs", split)
+
+
+def test_7scenes_sequence_listed_twice(stairs_copy):
+    (stairs_copy / "TestSplit.txt").write_bytes(b"sequence1\r\nsequence4\r\nsequence1\r\n")
+    with pytest.raises(KdbenchError, match=r"TestSplit.txt:3: sequence1 is listed again \(first on line 1\)"):
+        read_split(stairs_copy, "Stairs", "test")
+
+
+def _cambridge(folder: Path, train: list[str], test: list[str], header: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    head = "Visual Landmark Dataset V1\nImageFile, Camera Position [X Y Z W P Q R]\n\n" if header else ""
+    for split, lines in (("train", train), ("test", test)):
+        (folder / f"dataset_{split}.txt").write_text(head + "".join(f"{line}\n" for line in lines))
+    return folder
+
+
+def test_cambridge_image_listed_twice_with_different_poses(tmp_path):
+    root = _cambridge(tmp_path / "shop", ["seq2/a.png 1 2 3 1 0 0 0", "seq2/b.png 1 2 3 1 0 0 0",
+                                          "seq2/a.png 9 9 9 0 1 0 0"], ["seq1/c.png 0 0 0 1 0 0 0"])
+    with pytest.raises(KdbenchError, match=r"dataset_train.txt:6: image seq2/a.png is listed again \(first on "
+                                           r"line 4\)"):
+        read_split(root, "ShopFacade", "train", check_images=False)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_cambridge_image_in_both_splits_is_leakage(tmp_path, split):
+    root = _cambridge(tmp_path / "shop", ["seq2/a.png 1 2 3 1 0 0 0", "seq1/c.png 1 2 3 1 0 0 0"],
+                      ["seq1/c.png 0 0 0 1 0 0 0"])
+    with pytest.raises(KdbenchError, match=r"image seq1/c.png is also in dataset_.*both splits \(train/test "
+                                           r"leakage\)"):
+        read_split(root, "ShopFacade", split, check_images=False)
+
+
+def test_cambridge_header_is_detected_by_content(shopfacade_labels, tmp_path):
+    no_header = tmp_path / "no-header"
+    no_header.mkdir()
+    for split in ("train", "test"):
+        lines = (shopfacade_labels / f"dataset_{split}.txt").read_text().splitlines(keepends=True)
+        assert lines[0].startswith("Visual Landmark")  # the real files have the 3-line header
+        (no_header / f"dataset_{split}.txt").write_text("".join(lines[3:]))
+    for split, n in (("train", 231), ("test", 103)):
+        with_h = read_split(shopfacade_labels, "ShopFacade", split, check_images=False)
+        without = read_split(no_header, "ShopFacade", split, check_images=False)
+        assert len(with_h) == len(without) == n  # no frame lost without the header
+        assert [f.image_path.name for f in with_h] == [f.image_path.name for f in without]
+        assert np.array_equal(np.stack([f.pose for f in with_h]), np.stack([f.pose for f in without]))
+
+
+def test_cambridge_one_line_header_and_a_malformed_first_frame(tmp_path):
+    root = _cambridge(tmp_path / "a", ["seq2/a.png 1 2 3 1 0 0 0"], ["seq1/c.png 0 0 0 1 0 0 0"], header=False)
+    (root / "dataset_train.txt").write_text("ImageFile X Y Z W P Q R\nseq2/a.png 1 2 3 1 0 0 0\n")
+    assert len(read_split(root, "ShopFacade", "train", check_images=False)) == 1
+    # A first line that names an image is a frame, never a header: a broken one is an error, not skipped.
+    (root / "dataset_train.txt").write_text("seq2/a.png 1 2 3 1 0 0\nseq2/b.png 1 2 3 1 0 0 0\n")
+    with pytest.raises(KdbenchError, match=r"dataset_train.txt:1: expected 8 space-separated columns"):
+        read_split(root, "ShopFacade", "train", check_images=False)
+
+
+def test_data_root_naming_a_file(tmp_path, monkeypatch):
+    from kdbench.scenes.catalog import data_root
+
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    with pytest.raises(KdbenchError, match=r"--data-root .*file.txt .* is a file, not a folder"):
+        data_root(str(f))
+    monkeypatch.setenv("KDBENCH_DATA", str(f))
+    with pytest.raises(KdbenchError, match=r"\$KDBENCH_DATA=.*is a file, not a folder"):
+        data_root()

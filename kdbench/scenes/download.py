@@ -5,6 +5,12 @@ transfer is complete, and `<folder>.zip.json` (source URL, validators, size) so 
 only the same file. The scene is unpacked into `<root>/.downloads/<folder>.unpack` and renamed to
 `<root>/<folder>` only after `read_split` accepts both splits: the split files are what makes a scene
 look ready (`is_on_disk`), so an interrupted run never leaves one that does.
+
+Only what the layout needs is unpacked: the split files first, then the images they list (Cambridge) or
+the listed sequences' `frame-*.color.png` and `frame-*.pose.txt` (7-Scenes; depth maps, videos, the SfM
+reconstruction and anything else are left in the zip, and counted in a note). Every member is still
+checked for unsafe paths, and one that would expand more than MAX_RATIO times its compressed size
+(a zip bomb; images and pose files expand little) refuses the archive.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from kdbench.errors import KdbenchError
 from kdbench.fileio import write_json_atomic
 from kdbench.progress import console, make_progress
 from kdbench.scenes.catalog import SceneSpec, data_root, get_scene, is_on_disk, scene_dir, split_files
-from kdbench.scenes.readers import SPLITS, read_split
+from kdbench.scenes.readers import SPLITS, read_sequences, read_split
 from kdbench.scenes.status import record_download
 
 DOWNLOADS_DIRNAME = ".downloads"
@@ -41,6 +47,9 @@ ATTEMPTS = 3  # transfers cut mid-way are resumed this many times before giving 
 RETRY_WAIT_S = 2.0
 USER_AGENT = f"kdbench/{__version__} (Python-urllib)"
 JUNK_NAMES = {"thumbs.db", ".ds_store"}
+MAX_RATIO = 100  # uncompressed / compressed size of one member, above MIN_RATIO_BYTES
+MIN_RATIO_BYTES = 1 << 20
+_FRAME_RE = re.compile(r"frame-\d+\.(color\.png|pose\.txt)", re.IGNORECASE)
 _RETRY_HINT = ("Check the connection and rerun the same command (a partial download is kept and resumes), "
                "or pass another mirror or a local zip with --url.")
 _URL_HINT = "Check the URL, or pass a working mirror or a local zip with --url."
@@ -366,22 +375,56 @@ def _unpack_scene(archive: Path, dest: Path, spec: SceneSpec, source: str, quiet
     with _open_zip(archive, label) as zf:
         members = _safe_members(zf, label)
         prefix = _scene_prefix(members, spec, label)
-        chosen = [(info, parts[len(prefix):]) for info, parts in members
-                  if parts[:len(prefix)] == prefix and len(parts) > len(prefix)]
-        _extract_all(zf, chosen, dest, label, quiet)
+        inside = {parts[len(prefix):]: info for info, parts in members
+                  if parts[:len(prefix)] == prefix and len(parts) > len(prefix)}
+        split_names = [(p.name,) for p in split_files(spec, Path())]
+        _extract_all(zf, [(inside[n], n) for n in split_names if n in inside], dest, label, quiet)
+        needed = _needed(dest, spec, inside, source)
+        _extract_all(zf, [(inside[rel], rel) for rel in needed], dest, label, quiet)
+    skipped = len(inside) - len(needed) - sum(n in inside for n in split_names)
     for nested in sorted(dest.glob("*.zip")):  # 7-Scenes: <scene>/seq-XX.zip
-        _unpack_nested(nested, dest, f"{nested.name} inside {label}", quiet)
+        skipped += _unpack_nested(nested, dest, f"{nested.name} inside {label}", quiet)
+    if skipped:
+        _note(quiet, f"left {skipped} file(s) in the archive that the {spec.layout} layout does not need "
+                     "(depth maps, videos, reconstructions, anything not listed in the split files)")
 
 
-def _unpack_nested(nested: Path, scene_root: Path, label: str, quiet: bool) -> None:
-    """Unpack seq-XX.zip into seq-XX/, whether or not its members already sit in a seq-XX folder."""
+def _needed(dest: Path, spec: SceneSpec, inside: dict, source: str) -> list[tuple[str, ...]]:
+    """Members (paths below the scene folder) that the split files in `dest` call for."""
+    try:
+        if spec.layout == "cambridge":
+            wanted = []
+            for split in SPLITS:
+                if (dest / f"dataset_{split}.txt").is_file():  # a missing one is reported by _check_scene
+                    frames = read_split(dest, spec, split, check_images=False)
+                    wanted += [f.image_path.relative_to(dest.resolve()).parts for f in frames]
+            return [rel for rel in dict.fromkeys(wanted) if rel in inside]
+        seqs: list[int] = []
+        for name in ("TrainSplit.txt", "TestSplit.txt"):
+            if (dest / name).is_file():
+                seqs += list(read_sequences(dest / name))
+    except KdbenchError as exc:
+        raise _BadArchive(f"{source} did not unpack to a complete {spec.name} scene: {exc}.") from None
+    folders = {f"seq-{s:02d}" for s in seqs}
+    return [rel for rel in inside
+            if (len(rel) == 1 and rel[0].lower().endswith(".zip") and rel[0][:-4] in folders)
+            or (len(rel) == 2 and rel[0] in folders and _FRAME_RE.fullmatch(rel[1]))]
+
+
+def _unpack_nested(nested: Path, scene_root: Path, label: str, quiet: bool) -> int:
+    """Unpack the frames of seq-XX.zip into seq-XX/, whether or not its members sit in a seq-XX folder.
+
+    Returns how many members were left out (not colour frames or poses).
+    """
     stem = nested.stem
     with _open_zip(nested, label) as zf:
         members = _safe_members(zf, label)
         inside = all(len(parts) > 1 and parts[0] == stem for _, parts in members)
         chosen = [(info, parts if inside else (stem, *parts)) for info, parts in members]
-        _extract_all(zf, chosen, scene_root, label, quiet)
+        frames = [(info, rel) for info, rel in chosen if len(rel) == 2 and _FRAME_RE.fullmatch(rel[1])]
+        _extract_all(zf, frames, scene_root, label, quiet)
     nested.unlink()
+    return len(chosen) - len(frames)
 
 
 @contextmanager
@@ -446,6 +489,11 @@ def _extract_all(zf: zipfile.ZipFile, chosen: list, dest: Path, label: str, quie
     if total > free:
         raise KdbenchError(f"unpacking {label} needs {total} bytes but {dest} has {free} free: free some "
                            "space and rerun (a finished download is kept).")
+    for info, _ in chosen:
+        if info.file_size > MIN_RATIO_BYTES and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+            raise _BadArchive(f"refusing to unpack {label}: member {info.filename!r} would expand from "
+                              f"{info.compress_size} to {info.file_size} bytes (over {MAX_RATIO} times), like a "
+                              "zip bomb; this is not a genuine scene archive.")
     root = dest.resolve()
     with make_progress(quiet, transfer=True) as progress:
         task = progress.add_task(f"unpack {Path(zf.filename or label).name}", total=total)

@@ -136,7 +136,7 @@ def _split_file_7scenes(root: Path, split: str) -> Path:
     return root / ("TrainSplit.txt" if split == "train" else "TestSplit.txt")
 
 
-def _read_sequences(split_file: Path) -> dict[int, int]:
+def read_sequences(split_file: Path) -> dict[int, int]:
     """Sequence number -> line of a TrainSplit.txt / TestSplit.txt; a sequence listed twice is an error."""
     seqs: dict[int, int] = {}
     with open(split_file, encoding="utf-8", errors="replace") as fh:
@@ -160,10 +160,10 @@ def _read_7scenes(root: Path, split: str) -> list[Frame]:
     if not split_file.is_file():
         raise KdbenchError(f"missing split file {split_file}: a 7-Scenes folder needs TrainSplit.txt and "
                            "TestSplit.txt")
-    seqs = _read_sequences(split_file)
+    seqs = read_sequences(split_file)
     other = _split_file_7scenes(root, _other(split))
     if other.is_file():
-        other_seqs = _read_sequences(other)
+        other_seqs = read_sequences(other)
         for seq, lineno in seqs.items():
             if seq in other_seqs:
                 raise KdbenchError(
