@@ -70,7 +70,8 @@ def _flock(fh: IO, path: Path, what: str, deadline: float | None, quiet: bool) -
     if not quiet:
         from kdbench.progress import console
 
-        console.print(f"waiting for another kdbench process: {what} (lock {path})", markup=False, highlight=False)
+        console.print(f"waiting for another kdbench process: {what} (lock {path})", markup=False, highlight=False,
+                      soft_wrap=True)
     while True:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)

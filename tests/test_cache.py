@@ -86,6 +86,136 @@ def test_corrupt_image_names_the_file(room):
         load_split_cache("SynthRoom", room, "test", load_size=24)
 
 
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_corrupt_first_image_is_a_one_line_error(room, split):
+    frame = read_split(room / "SynthRoom", "SynthRoom", split)[0].image_path
+    frame.write_bytes(b"\x89PNG garbage")
+    with pytest.raises(KdbenchError, match=rf"cannot decode image .*{frame.name}.*corrupt"):
+        load_split_cache("SynthRoom", room, split, load_size=24)
+
+
+@pytest.mark.parametrize("index", [0, 5], ids=["first-frame", "later-frame"])
+def test_image_of_another_size_is_refused_by_name(room, index):
+    frame = read_split(room / "SynthRoom", "SynthRoom", "train")[index].image_path
+    Image.new("RGB", (1, 1), (9, 9, 9)).save(frame)
+    with pytest.raises(KdbenchError) as info:
+        load_split_cache("SynthRoom", room, "train", load_size=24)
+    msg = str(info.value)
+    assert str(frame) in msg and "is 1x1 RGB" in msg and "are 48x36 RGB" in msg and "\n" not in msg
+    assert not cache_path(room / "SynthRoom", "train", 24).exists()  # nothing squashed or stretched
+
+
+def test_16_bit_image_is_refused_by_name(room):
+    frames = read_split(room / "SynthRoom", "SynthRoom", "train")
+    Image.fromarray(np.full((36, 48), 40000, np.uint16)).save(frames[3].image_path)
+    with pytest.raises(KdbenchError, match=rf"{frames[3].image_path.name} is 48x36 I;16.* are 48x36 RGB"):
+        load_split_cache("SynthRoom", room, "train", load_size=24)
+    for f in frames:  # a split that is 16-bit throughout is refused too, not turned white
+        Image.fromarray(np.full((36, 48), 40000, np.uint16)).save(f.image_path)
+    with pytest.raises(KdbenchError, match=r"mode I;16 .*convert them to 8-bit RGB"):
+        load_split_cache("SynthRoom", room, "train", load_size=24)
+
+
+def test_cambridge_file_without_header_keeps_every_frame(tiny_data_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data_root / "SynthStreet", root / "SynthStreet",
+                    ignore=shutil.ignore_patterns(".kdbench-cache"))
+    for split in ("train", "test"):
+        label = root / "SynthStreet" / f"dataset_{split}.txt"
+        lines = label.read_text().splitlines(keepends=True)
+        n = len(lines) - 3
+        label.write_text("".join(lines[3:]))  # no header
+        assert len(load_split_cache("SynthStreet", root, split, load_size=24)) == n == (16 if split == "train" else 8)
+
+
+def _err(capsys) -> str:
+    return " ".join(capsys.readouterr().err.split())  # rich wraps long lines
+
+
+@pytest.mark.parametrize("damage", ["truncate-images", "flip-images", "missing-mean", "edit-mean", "missing-manifest",
+                                    "bad-manifest", "missing-poses"])
+def test_damaged_cache_is_rebuilt_with_a_message(room, capsys, damage):
+    good = load_split_cache("SynthRoom", room, "train", load_size=24)
+    expected = np.array(good.images)
+    path = good.path
+    del good
+    images = path / "images.npy"
+    if damage == "truncate-images":
+        images.write_bytes(images.read_bytes()[:-1000])
+    elif damage == "flip-images":
+        data = bytearray(images.read_bytes())
+        data[-10] ^= 0xFF  # the last block is always sampled
+        images.write_bytes(bytes(data))
+    elif damage == "missing-mean":
+        (path / "split_mean.npy").unlink()
+    elif damage == "edit-mean":
+        np.save(path / "split_mean.npy", np.zeros((24, 32, 3), np.float32))
+    elif damage == "missing-manifest":
+        (path / "manifest.json").unlink()
+    elif damage == "bad-manifest":
+        (path / "manifest.json").write_text("{not json")
+    else:
+        (path / "poses.npy").unlink()
+    capsys.readouterr()
+    c = load_split_cache("SynthRoom", room, "train", load_size=24)
+    assert "cache in" in (err := _err(capsys)) and "is damaged" in err and "rebuilding it" in err
+    assert np.array_equal(c.images, expected) and np.allclose(c.mean, expected.astype(np.float64).mean(0), atol=1e-3)
+    load_split_cache("SynthRoom", room, "train", load_size=24)
+    assert "damaged" not in _err(capsys)  # repaired for good
+
+
+def test_orphan_temp_folders_are_cleaned_on_the_next_build(room, capsys):
+    load_split_cache("SynthRoom", room, "train", load_size=24)
+    base = room / "SynthRoom" / ".kdbench-cache"
+    for name in (".train-20.x1y2.tmp", ".test-24.abcd.tmp", ".train-24.old"):  # killed builds' leftovers
+        (base / name).mkdir()
+        (base / name / "images.npy").write_bytes(b"\0" * 100)
+    load_split_cache("SynthRoom", room, "train", load_size=24)  # reuse: builds nothing, removes nothing
+    assert (base / ".train-24.old").exists()
+    load_split_cache("SynthRoom", room, "train", load_size=20, quiet=False)
+    assert sorted(p.name for p in base.iterdir()) == ["train-20", "train-24"]
+    assert "removed 3 temporary folder(s)" in _err(capsys)
+
+
+def test_data_fingerprint_follows_the_data(room, tmp_path):
+    from kdbench.scenes.cache import data_fingerprint, prepare_scene
+
+    with pytest.raises(KdbenchError, match=r"no current train cache at 24px.*kdbench scenes prepare SynthRoom"):
+        data_fingerprint("SynthRoom", room, 24)
+    fp = prepare_scene("SynthRoom", room, load_size=24, quiet=True)
+    assert fp == data_fingerprint("SynthRoom", room, 24) and len(fp) == 16
+    assert prepare_scene("SynthRoom", room, load_size=24, quiet=True) == fp  # reused: same
+    assert prepare_scene("SynthRoom", room, load_size=20, quiet=True) != fp  # load size is part of it
+
+    moved = tmp_path / "elsewhere"  # a copy (new mtimes, new place) of the same data: same fingerprint
+    shutil.copytree(room / "SynthRoom", moved / "SynthRoom", ignore=shutil.ignore_patterns(".kdbench-cache"))
+    assert prepare_scene("SynthRoom", moved, load_size=24, quiet=True) == fp
+
+    frames = read_split(moved / "SynthRoom", "SynthRoom", "test")
+    Image.new("RGB", (48, 36), (1, 2, 3)).save(frames[-1].image_path)  # one test image changed
+    fp_image = prepare_scene("SynthRoom", moved, load_size=24, quiet=True)
+    assert fp_image != fp and data_fingerprint("SynthRoom", moved, 24) == fp_image
+
+    pose = frames[0].image_path.with_name(frames[0].image_path.name.replace(".color.png", ".pose.txt"))
+    m = np.loadtxt(pose)
+    m[0, 3] += 0.5
+    pose.write_text("\n".join("\t".join(f"{v:e}" for v in row) for row in m) + "\n")
+    fp_pose = prepare_scene("SynthRoom", moved, load_size=24, quiet=True)
+    assert fp_pose not in (fp, fp_image)
+
+
+def test_reuse_reads_only_the_manifest_and_samples(room, monkeypatch):
+    load_split_cache("SynthRoom", room, "train", load_size=24)
+    from kdbench.scenes import cache as cache_mod
+
+    monkeypatch.setattr(cache_mod, "_decode", lambda *a: (_ for _ in ()).throw(AssertionError("rebuilt")))
+    sampled = []
+    real = cache_mod._sampled_digest
+    monkeypatch.setattr(cache_mod, "_sampled_digest", lambda p: sampled.append(p.name) or real(p))
+    load_split_cache("SynthRoom", room, "train", load_size=24)
+    assert sampled == ["images.npy"]
+
+
 def test_dataset_crops_and_normalisation(room, monkeypatch):
     c = load_split_cache("SynthRoom", room, "train", load_size=24)
     # After the cache exists, nothing may decode an image file.

@@ -249,7 +249,7 @@ def _remove_orphans(cache_root: Path, quiet: bool) -> None:
             p.unlink(missing_ok=True)
     if orphans and not quiet:
         console.print(f"removed {len(orphans)} temporary folder(s) left by an interrupted cache build in "
-                      f"{cache_root}", markup=False, highlight=False)
+                      f"{cache_root}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _build(path: Path, frames: list[Frame], sources: list[list], poses: np.ndarray, load_size: int,
@@ -320,9 +320,10 @@ def load_split_cache(spec: SceneSpec | str, root: str | os.PathLike | None = Non
                 kind, reason = problem
                 if kind == "damaged":  # said even when quiet: the user should know their cache broke
                     console.print(f"the {label} cache in {path} is damaged ({reason}); rebuilding it",
-                                  markup=False, highlight=False)
+                                  markup=False, highlight=False, soft_wrap=True)
                 elif kind == "stale" and not quiet:
-                    console.print(f"rebuilding the {label} cache: {reason}", markup=False, highlight=False)
+                    console.print(f"rebuilding the {label} cache: {reason}", markup=False, highlight=False,
+                                  soft_wrap=True)
                 _build(path, frames, sources, poses, load_size, label, quiet)
     manifest = _read_manifest(path)
     if split == "train":

@@ -97,7 +97,7 @@ def _remove_orphans(target: Path, quiet: bool) -> None:
         shutil.rmtree(p, ignore_errors=True)
     if orphans and not quiet:
         console.print(f"removed {len(orphans)} temporary folder(s) left by an interrupted render of {target.name}",
-                      markup=False, highlight=False)
+                      markup=False, highlight=False, soft_wrap=True)
 
 
 def render_view(spec_or_name: SceneSpec | str, c2w: np.ndarray, size: tuple[int, int] = (160, 120),
