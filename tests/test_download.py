@@ -205,11 +205,11 @@ def _tree(folder: Path) -> set[Path]:
 
 
 def _assert_no_leftovers(root: Path, spec) -> None:
-    """Not ready, no scene folder, and nothing in .downloads but the lock file."""
+    """Not ready, no scene folder, and nothing left in .downloads."""
     assert not is_on_disk(spec, root)
     assert not (root / spec.folder).exists()
     left = {p.name for p in (root / ".downloads").iterdir()} if (root / ".downloads").exists() else set()
-    assert left <= {f"{spec.folder}.lock"}
+    assert not left
 
 
 # ---------------------------------------------------------------- full downloads, both layouts
@@ -478,7 +478,7 @@ def test_unsafe_members_are_refused(server, root, tmp_path, member):
         download_scene(spec, root, quiet=True)
     shown = "ShopFacade/seq2/link.png" if member == "SYMLINK" else member
     assert repr(shown) in str(info.value) and url in str(info.value)
-    assert _tree(tmp_path) - before <= {root / ".downloads" / "ShopFacade.lock"}
+    assert _tree(tmp_path) - before <= {root / ".kdbench-locks" / "ShopFacade.lock"}
     assert not list(tmp_path.rglob("evil*"))
     _assert_no_leftovers(root, spec)
 
@@ -490,7 +490,7 @@ def test_escaping_member_in_nested_zip_is_refused(server, root, tmp_path):
     with pytest.raises(KdbenchError, match="refusing to unpack seq-01.zip inside") as info:
         download_scene(spec, root, quiet=True)
     assert "'../../evil.txt'" in str(info.value)
-    assert _tree(tmp_path) - before <= {root / ".downloads" / "heads.lock"}
+    assert _tree(tmp_path) - before <= {root / ".kdbench-locks" / "heads.lock"}
     assert not list(tmp_path.rglob("evil*"))
     _assert_no_leftovers(root, spec)
 

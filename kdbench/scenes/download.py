@@ -36,7 +36,7 @@ from kdbench import __version__
 from kdbench.errors import KdbenchError
 from kdbench.fileio import write_json_atomic
 from kdbench.progress import console, make_progress
-from kdbench.scenes.catalog import SceneSpec, data_root, get_scene, is_on_disk, scene_dir, split_files
+from kdbench.scenes.catalog import SceneSpec, data_root, get_scene, is_on_disk, scene_dir, scene_lock, split_files
 from kdbench.scenes.readers import SPLITS, read_sequences, read_split
 from kdbench.scenes.status import record_download
 
@@ -78,8 +78,8 @@ def download_scene(spec_or_name: SceneSpec | str, root: str | os.PathLike | None
         raise KdbenchError(f"{spec.name} has no download URL: pass one with --url{synth}")
     work = data_root(root) / DOWNLOADS_DIRNAME
     work.mkdir(parents=True, exist_ok=True)
-    lock = work / f"{spec.folder}.lock"
-    with _locked(lock):
+    # The scene lock (shared with renders and cache builds): one process downloads, the others wait.
+    with scene_lock(target, f"downloading {spec.name}", quiet=quiet):
         if is_on_disk(spec, root):  # another process finished it while this one waited for the lock
             return target
         _check_target(target, spec)
@@ -88,7 +88,6 @@ def download_scene(spec_or_name: SceneSpec | str, root: str | os.PathLike | None
         size, digest = _verify_and_install(archive, spec, source, target, work / f"{spec.folder}.unpack",
                                            owned=local is None, quiet=quiet)
         record_download(spec, root, size, digest, source)  # `kdbench scenes list` shows the size from now on
-        lock.unlink(missing_ok=True)  # safe: any process still waiting finds the scene on disk
     _note(quiet, f"{spec.name} is ready in {target}")
     return target
 
@@ -269,27 +268,6 @@ def _discard_other_source(url: str, dest: Path, quiet: bool) -> None:
 def _discard(dest: Path) -> None:
     for p in (dest, _part(dest), _meta(dest)):
         p.unlink(missing_ok=True)
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock so two processes never write the same download (no-op without fcntl)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield
-        return
-    with open(path, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            console.print(f"waiting for another kdbench process that holds {path}",
-                          markup=False, highlight=False)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _check_target(target: Path, spec: SceneSpec) -> None:
