@@ -116,6 +116,14 @@ def test_16_bit_image_is_refused_by_name(room):
         load_split_cache("SynthRoom", room, "train", load_size=24)
 
 
+def test_test_split_of_another_image_size_is_refused(room):
+    for f in read_split(room / "SynthRoom", "SynthRoom", "test"):
+        Image.new("RGB", (60, 36), (5, 5, 5)).save(f.image_path)  # consistent within the split, not with train
+    with pytest.raises(KdbenchError, match=r"test images of SynthRoom decode to 30x18 but the train images to "
+                                           r"24x18.*one image size"):
+        load_split_cache("SynthRoom", room, "test", load_size=18)
+
+
 def test_cambridge_file_without_header_keeps_every_frame(tiny_data_root, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(tiny_data_root / "SynthStreet", root / "SynthStreet",
