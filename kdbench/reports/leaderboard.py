@@ -11,12 +11,15 @@ import io
 import json
 import os
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from kdbench.errors import KdbenchError
 from kdbench.reports.store import ResultsStore
+
+if TYPE_CHECKING:
+    from kdbench.reports.stats import Significance
 
 METRICS = ("median_t", "median_r", "mean_t", "mean_r", "n_test", "acc_0.25m_2deg", "acc_0.5m_5deg",
            "acc_5m_10deg")
@@ -26,12 +29,17 @@ GROUP_TITLES = {"cambridge": "Cambridge Landmarks", "7scenes": "7-Scenes", "synt
 AVERAGE = "average"
 FORMATS = ("markdown", "terminal", "csv", "json")
 ROW_KEY = ["group", "scene", "role", "arch", "teacher_arch", "method"]
+MARK = "†"  # a significant change (kdbench.reports.stats)
+CSV_TABLES = ("accuracy", "efficiency", "significance")
 
-CAPTION = ("Median test error, translation (m) / rotation (deg), of each run's last-epoch model on the "
-           "test split (no epoch is selected on test data); mean ± std over seeds, n = number of seeds (std "
-           "left out when n = 1). Δ: change of the mean against the no-KD student (baseline) of the same "
-           "architecture, negative is better. Bold: best student per column. Average: mean over the scenes "
-           "shown, only for rows that have every one of them.")
+CAPTION = ("Median test error, translation (m) and rotation (deg), of each run's last-epoch model on the test "
+           "split (no epoch is selected on test data): mean ± std over seeds and, in brackets, the 95% t confidence "
+           "interval of the mean; n = number of seeds (std and interval left out when n = 1). Δ: change of the "
+           "mean against the no-KD student (baseline) of the same architecture over the seeds both have, negative "
+           "is better. †: the change is significant at 0.05 (paired t-test on log error ratios over the matched "
+           "(scene, seed) pairs, Holm-corrected over the methods of the column). Bold: best student per column. "
+           "Average: mean over the scenes shown and over the seeds the baseline has on every one of them, only for "
+           "rows that have all of these.")
 EFFICIENCY_CAPTION = ("Sizes in MiB (2^20 bytes): params × 4 bytes (fp32), and the saved file (torch "
                       "state_dict, or the .onnx file). GFLOPs: torch FlopCounterMode at batch 1 and the "
                       "crop, a multiply-add counted as 2 FLOPs (convolutions and matrix products only); "
@@ -153,55 +161,130 @@ def _row_order(acc: pd.DataFrame) -> pd.Series:
     return role * 1e10 + acc["arch"].map(arch_rank) * 1e3 + acc["method"].map(method_rank)
 
 
+EXTRA_METRICS = ("mean_t", "mean_r", "acc_0.25m_2deg", "acc_0.5m_5deg", "acc_5m_10deg")
+ACCURACY_COLUMNS = ROW_KEY + ["label", "n_seeds", "seeds", "t_mean", "t_std", "t_ci_lo", "t_ci_hi", "r_mean", "r_std",
+                              "r_ci_lo", "r_ci_hi", *EXTRA_METRICS, "n_pairs", "dt_pct", "dr_pct", "sig_t", "sig_r",
+                              "best_t", "best_r"]
+
+
 def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Numbers of every leaderboard: one row per (group, scene or 'average', row), ordered for display."""
+    """Numbers of every leaderboard: one row per (group, scene or 'average', row), ordered for display.
+
+    Per cell: n seeds, mean, std and 95% t interval of the median errors, means over seeds of the other
+    metrics. Δ (dt_pct, dr_pct): change of the mean against the baseline student over the seeds both have
+    (n_pairs); sig_t / sig_r: that change is significant (stats.compare_to_baseline, Holm-corrected).
+    The average row of a group uses the seeds the baseline has on every scene (see `average_seeds`).
+    """
+    from kdbench.reports import stats
+
     jobs = shown_jobs(df)
-    cols = ROW_KEY + ["label", "n_seeds", "t_mean", "t_std", "r_mean", "r_std", "dt_pct", "dr_pct",
-                      "best_t", "best_r"]
     if jobs.empty:
-        return pd.DataFrame(columns=cols)
-    acc = (jobs.groupby(ROW_KEY, dropna=False)
-           .agg(n_seeds=("seed", "size"), t_mean=("median_t", "mean"), t_std=("median_t", "std"),
-                r_mean=("median_r", "mean"), r_std=("median_r", "std"))
-           .reset_index())
-    averages = _averages(acc)
+        return pd.DataFrame(columns=ACCURACY_COLUMNS)
+    metrics = ["median_t", "median_r"] + [m for m in EXTRA_METRICS if m in jobs]
+    values = jobs[ROW_KEY + ["seed"] + metrics]
+    averages = _average_values(values)
     if not averages.empty:
-        acc = pd.concat([acc, averages], ignore_index=True)
-    acc = _add_change(acc)
+        values = pd.concat([values, averages], ignore_index=True)
+    acc = pd.DataFrame([_summarise(key, rows, stats.mean_ci) for key, rows in
+                        values.groupby(ROW_KEY, dropna=False, sort=False)])
+    for col in ACCURACY_COLUMNS:
+        if col not in acc:
+            acc[col] = float("nan")
+    acc = _add_change(acc, values)
+    acc = _add_marks(acc, stats.compare_to_baseline(df))
     acc = _add_best(acc)
     acc["label"] = row_labels(acc)
     acc["_group"] = acc["group"].map(lambda g: list(GROUP_TITLES).index(g))
     acc["_scene"] = acc["scene"].map(lambda s: 10**6 if s == AVERAGE else _scene_rank(s))
     acc["_row"] = _row_order(acc)
     acc = acc.sort_values(["_group", "_scene", "scene", "_row", "teacher_arch"], kind="stable")
-    return acc[cols].reset_index(drop=True)
+    return acc[ACCURACY_COLUMNS].reset_index(drop=True)
 
 
-def _averages(acc: pd.DataFrame) -> pd.DataFrame:
-    """Per group and row: mean over the group's scenes of the per-scene means, for rows with every scene."""
+def _summarise(key: tuple, rows: pd.DataFrame, ci) -> dict[str, Any]:
+    out: dict[str, Any] = dict(zip(ROW_KEY, key))
+    out["n_seeds"] = len(rows)
+    out["seeds"] = ",".join(str(s) for s in sorted(rows["seed"]))
+    for prefix, col in (("t", "median_t"), ("r", "median_r")):
+        x = rows[col].to_numpy(dtype=float)
+        out[f"{prefix}_mean"] = x.mean()
+        out[f"{prefix}_std"] = x.std(ddof=1) if len(x) > 1 else float("nan")
+        out[f"{prefix}_ci_lo"], out[f"{prefix}_ci_hi"] = ci(x)
+    for col in EXTRA_METRICS:
+        if col in rows:
+            out[col] = rows[col].mean()
+    return out
+
+
+def average_seeds(values: pd.DataFrame, group: str) -> set[int]:
+    """The seeds of a group's average column: those the baseline student has on every scene of the group
+    (every row is averaged over exactly these, so the column compares like with like); without a baseline,
+    the seeds every complete row has on every scene."""
+    part = values[(values["group"] == group) & (values["scene"] != AVERAGE)]
+    n_scenes = part["scene"].nunique()
+    keys = [k for k in ROW_KEY if k not in ("group", "scene")]
+    per_row = []
+    for key, rows in part.groupby(keys, dropna=False):
+        role, method = key[0], key[-1]
+        complete = {s for s, seeds in rows.groupby("seed") if seeds["scene"].nunique() == n_scenes}
+        per_row.append((role == "student" and method == "baseline", complete))
+    base = [seeds for is_base, seeds in per_row if is_base]
+    chosen = base or [seeds for _, seeds in per_row if seeds]
+    return set.intersection(*chosen) if chosen else set()
+
+
+def _average_values(values: pd.DataFrame) -> pd.DataFrame:
+    """Per group, row and seed of `average_seeds`: the mean over the group's scenes (rows with every scene
+    and every one of those seeds only; an average over fewer would not compare with the other rows)."""
     out = []
-    for group, part in acc.groupby("group"):
+    keys = [k for k in ROW_KEY if k not in ("group", "scene")]
+    for group, part in values.groupby("group"):
+        seeds = average_seeds(values, group)
         n_scenes = part["scene"].nunique()
-        keys = [k for k in ROW_KEY if k not in ("group", "scene")]
+        part = part[part["seed"].isin(seeds)]
         for key, rows in part.groupby(keys, dropna=False):
-            if len(rows) < n_scenes:
-                continue  # an average over fewer scenes would not be comparable with the other rows
-            out.append({**dict(zip(keys, key)), "group": group, "scene": AVERAGE,
-                        "n_seeds": int(rows["n_seeds"].min()), "t_mean": rows["t_mean"].mean(),
-                        "t_std": float("nan"), "r_mean": rows["r_mean"].mean(), "r_std": float("nan")})
-    return pd.DataFrame(out, columns=acc.columns)
+            if len(rows) < n_scenes * len(seeds):
+                continue
+            mean = rows.groupby("seed").mean(numeric_only=True).reset_index()
+            out.append(mean.assign(group=group, scene=AVERAGE, **dict(zip(keys, key))))
+    if not out:
+        return pd.DataFrame(columns=values.columns)
+    return pd.concat(out, ignore_index=True)[values.columns]
 
 
-def _add_change(acc: pd.DataFrame) -> pd.DataFrame:
-    """Percent change of a KD student's mean against the baseline student of its arch and scene."""
-    base = acc[(acc["role"] == "student") & (acc["method"] == "baseline")]
-    base = base[["group", "scene", "arch", "t_mean", "r_mean"]]
-    base = base.rename(columns={"t_mean": "bt", "r_mean": "br"})
-    acc = acc.merge(base, how="left", on=["group", "scene", "arch"])
-    kd = (acc["role"] == "student") & (acc["method"] != "baseline")
-    acc["dt_pct"] = (100 * (acc["t_mean"] / acc["bt"] - 1)).where(kd)
-    acc["dr_pct"] = (100 * (acc["r_mean"] / acc["br"] - 1)).where(kd)
-    return acc.drop(columns=["bt", "br"])
+def _add_change(acc: pd.DataFrame, values: pd.DataFrame) -> pd.DataFrame:
+    """Percent change of a student's mean against the baseline student of its arch and scene, both over the
+    seeds both have (a comparison over different seeds would mix seed luck into the change)."""
+    base = values[(values["role"] == "student") & (values["method"] == "baseline")]
+    base = base[["group", "scene", "arch", "seed", "median_t", "median_r"]]
+    pairs = values[(values["role"] == "student") & (values["method"] != "baseline")].merge(
+        base, on=["group", "scene", "arch", "seed"], suffixes=("", "_base"))
+    if pairs.empty:
+        return acc.assign(n_pairs=pd.array([pd.NA] * len(acc), dtype="Int64"), dt_pct=float("nan"),
+                          dr_pct=float("nan"))
+    change = (pairs.groupby(ROW_KEY, dropna=False)
+              .apply(lambda p: pd.Series({
+                  "n_pairs": len(p),
+                  "dt_pct": 100 * (p["median_t"].mean() / p["median_t_base"].mean() - 1),
+                  "dr_pct": 100 * (p["median_r"].mean() / p["median_r_base"].mean() - 1)}),
+                  include_groups=False)
+              .reset_index())
+    acc = acc.drop(columns=["n_pairs", "dt_pct", "dr_pct"]).merge(change, how="left", on=ROW_KEY)
+    acc["n_pairs"] = acc["n_pairs"].astype("Int64")
+    return acc
+
+
+def _add_marks(acc: pd.DataFrame, comparison: pd.DataFrame) -> pd.DataFrame:
+    """sig_t / sig_r: the change is significant (paired test, Holm-corrected; see kdbench.reports.stats)."""
+    acc = acc.drop(columns=["sig_t", "sig_r"])
+    key = ["group", "scene", "arch", "teacher_arch", "method"]
+    if comparison.empty:
+        return acc.assign(sig_t=False, sig_r=False)
+    marks = comparison.pivot_table(index=key, columns="metric", values="significant", aggfunc="any")
+    marks = marks.reindex(columns=["t", "r"]).rename(columns={"t": "sig_t", "r": "sig_r"}).reset_index()
+    acc = acc.merge(marks, how="left", on=key)
+    acc[["sig_t", "sig_r"]] = acc[["sig_t", "sig_r"]].fillna(False).astype(bool)
+    return acc
 
 
 def _add_best(acc: pd.DataFrame) -> pd.DataFrame:
@@ -252,22 +335,25 @@ def _num(value: float, best: bool, style: str) -> str:
     if best and style == "markdown":
         return f"**{text}**"
     if best and style == "rich":
-        return f"[bold green]{text}[/bold green]"
+        return f"[bold]{text}[/bold]"
+    if best and style == "text":  # plain text cannot be bold
+        return f"{text}*"
     return text
 
 
-def _cell(r: pd.Series, style: str) -> str:
-    """'0.93 ± 0.05 / 5.96 ± 0.40 (n=3)'; no ± part when n = 1 or for averages."""
-    t, rot = _num(r["t_mean"], r["best_t"], style), _num(r["r_mean"], r["best_r"], style)
-    if r["scene"] == AVERAGE:
-        return f"{t} / {rot}"
-    if pd.isna(r["t_std"]):
-        return f"{t} / {rot} (n={r['n_seeds']})"
-    return f"{t} ± {r['t_std']:.2f} / {rot} ± {r['r_std']:.2f} (n={r['n_seeds']})"
+def _metric_cell(r: pd.Series, prefix: str, style: str) -> str:
+    """'0.93 ± 0.05 [0.81, 1.05]'; the mean alone when n = 1."""
+    mean = _num(r[f"{prefix}_mean"], r[f"best_{prefix}"], style)
+    if pd.isna(r[f"{prefix}_std"]):
+        return mean
+    lo, hi = r[f"{prefix}_ci_lo"], r[f"{prefix}_ci_hi"]
+    ci = f" [{lo:.2f}, {hi:.2f}]" if pd.notna(lo) else ""
+    return f"{mean} ± {r[f'{prefix}_std']:.2f}{ci}"
 
 
-def _pct(value: float) -> str:
-    return "0%" if round(value) == 0 else f"{value:+.0f}%"
+def _pct(value: float, significant: bool = False) -> str:
+    text = "0%" if round(value) == 0 else f"{value:+.0f}%"
+    return text + (MARK if significant else "")
 
 
 def _change(r: pd.Series) -> str:
@@ -275,24 +361,55 @@ def _change(r: pd.Series) -> str:
         return "ref."
     if pd.isna(r["dt_pct"]):
         return "–"
-    return f"{_pct(r['dt_pct'])} / {_pct(r['dr_pct'])}"
+    return f"{_pct(r['dt_pct'], r['sig_t'])} / {_pct(r['dr_pct'], r['sig_r'])}"
 
 
 def display_table(acc: pd.DataFrame, group: str, style: str = "plain") -> pd.DataFrame:
-    """One group's leaderboard as strings: a row per (role, arch, method), two columns per scene + average."""
+    """One group's leaderboard as strings: a row per (role, arch, method); per scene and the average, columns
+    for translation, rotation and Δ; the number of seeds per column last."""
     part = acc[acc["group"] == group]
     labels = list(dict.fromkeys(part["label"]))  # accuracy_table already ordered the rows
     scenes = list(dict.fromkeys(part["scene"]))
     if len(scenes) == 2:  # one scene and its average: the average column would repeat it
         scenes = scenes[:1]
     table = pd.DataFrame({"method": labels})
+    seeds = pd.DataFrame(index=labels)
     for scene in scenes:
         cells = part[part["scene"] == scene].set_index("label")
         name = "average" if scene == AVERAGE else scene
-        table[f"{name} t (m) / r (deg)"] = [_cell(cells.loc[lb], style) if lb in cells.index else "–"
-                                            for lb in labels]
+        table[f"{name} t (m)"] = [_metric_cell(cells.loc[lb], "t", style) if lb in cells.index else "–"
+                                  for lb in labels]
+        table[f"{name} r (deg)"] = [_metric_cell(cells.loc[lb], "r", style) if lb in cells.index else "–"
+                                    for lb in labels]
         table[f"{name} Δ t / r"] = [_change(cells.loc[lb]) if lb in cells.index else "–" for lb in labels]
+        seeds[name] = [str(cells.loc[lb, "n_seeds"]) if lb in cells.index else "–" for lb in labels]
+    table["n"] = [row.iloc[0] if row.nunique() == 1 else " / ".join(row) for _, row in seeds.iterrows()]
     return table
+
+
+def significance_display(comparison: pd.DataFrame, group: str) -> pd.DataFrame:
+    """The group's pooled tests against the student alone as strings (the single scene's when there is one)."""
+    part = comparison[comparison["group"] == group]
+    if (part["scene"] == AVERAGE).any():
+        part = part[part["scene"] == AVERAGE]
+    rows = []
+    for (_arch, label), r in part.groupby(["arch", "label"], sort=False):
+        out = {"method": label, "pairs": str(int(r["n_pairs"].max()))}
+        for x in r.itertuples():
+            name = "t" if x.metric == "t" else "r"
+            if pd.isna(x.change_pct):
+                out[f"Δ {name} (95% CI)"], out[f"p {name} (Holm)"] = "–", "–"
+                continue
+            ci = f" [{x.ci_lo_pct:+.0f}%, {x.ci_hi_pct:+.0f}%]" if pd.notna(x.ci_lo_pct) else ""
+            out[f"Δ {name} (95% CI)"] = f"{_pct(x.change_pct, x.significant)}{ci}"
+            out[f"p {name} (Holm)"] = "not tested" if pd.isna(x.p) else f"{x.p:.3f} ({x.p_holm:.3f})"
+        rows.append(out)
+    return pd.DataFrame(rows)
+
+
+SIGNIFICANCE_CAPTION = ("Against the student alone: geometric mean change of the error over the matched (scene, "
+                        "seed) pairs with its 95% t interval, the paired t-test's p on log error ratios and, in "
+                        "brackets, Holm's adjusted p; † marks adjusted p < 0.05.")
 
 
 def efficiency_display(eff: pd.DataFrame) -> pd.DataFrame:
@@ -340,8 +457,14 @@ def _group_heading(acc: pd.DataFrame, group: str) -> str:
     return f"{GROUP_TITLES.get(group, group)}: {', '.join(scenes)}"
 
 
-def render_markdown(acc: pd.DataFrame, eff: pd.DataFrame, counts: dict[str, int]) -> str:
-    """The leaderboard as a markdown document (GitHub tables via tabulate)."""
+def _caption(style: str) -> str:
+    return CAPTION.replace("Bold: best", "*: best") if style == "text" else CAPTION
+
+
+def render_markdown(acc: pd.DataFrame, eff: pd.DataFrame, counts: dict[str, int],
+                    sig: Significance | None = None) -> str:
+    """The leaderboard as a markdown document (GitHub tables via tabulate); with `sig`, each group's
+    significance paragraph and table follow its leaderboard."""
     from tabulate import tabulate
 
     def md(table: pd.DataFrame) -> str:
@@ -355,6 +478,11 @@ def render_markdown(acc: pd.DataFrame, eff: pd.DataFrame, counts: dict[str, int]
         out += [CAPTION, ""]
     for group in _groups(acc):
         out += [f"## {_group_heading(acc, group)}", "", md(display_table(acc, group, "markdown")), ""]
+        if sig is not None and group in sig.sentences:
+            out += [" ".join(sig.sentences[group]), ""]
+            table = significance_display(sig.comparison, group)
+            if not table.empty and sig.comparison.loc[sig.comparison["group"] == group, "tested"].any():
+                out += [SIGNIFICANCE_CAPTION, "", md(table), ""]
     if not eff.empty:
         out += ["## Efficiency", "", EFFICIENCY_CAPTION, "", md(efficiency_display(eff)), ""]
     note = footnote(counts)
@@ -363,8 +491,9 @@ def render_markdown(acc: pd.DataFrame, eff: pd.DataFrame, counts: dict[str, int]
     return "\n".join(out)
 
 
-def terminal_renderables(acc: pd.DataFrame, eff: pd.DataFrame, counts: dict[str, int]) -> list[Any]:
-    """rich Tables (and text) for the terminal; best students in bold green."""
+def terminal_renderables(acc: pd.DataFrame, eff: pd.DataFrame, counts: dict[str, int],
+                         sig: Significance | None = None, style: str = "rich") -> list[Any]:
+    """rich Tables (and text) for the terminal; best students in bold (style 'rich') or starred ('text')."""
     from rich.table import Table
     from rich.text import Text
 
@@ -376,9 +505,11 @@ def terminal_renderables(acc: pd.DataFrame, eff: pd.DataFrame, counts: dict[str,
             t.add_row(*map(str, row))
         return t
 
-    items: list[Any] = [Text(CAPTION if not acc.empty else "No finished runs to show.")]
+    items: list[Any] = [Text(_caption(style) if not acc.empty else "No finished runs to show.")]
     for group in _groups(acc):
-        items.append(rich_table(_group_heading(acc, group), display_table(acc, group, "rich")))
+        items.append(rich_table(_group_heading(acc, group), display_table(acc, group, style)))
+        if sig is not None and group in sig.sentences:
+            items.append(Text(" ".join(sig.sentences[group])))
     if not eff.empty:
         items.append(rich_table("Efficiency", efficiency_display(eff), EFFICIENCY_CAPTION))
     if footnote(counts):
@@ -386,45 +517,69 @@ def terminal_renderables(acc: pd.DataFrame, eff: pd.DataFrame, counts: dict[str,
     return items
 
 
-def render_terminal(acc: pd.DataFrame, eff: pd.DataFrame, counts: dict[str, int], width: int = 200) -> str:
-    """The terminal rendering as plain text (for --out FILE)."""
+def print_terminal(acc: pd.DataFrame, eff: pd.DataFrame, counts: dict[str, int], sig: Significance | None = None,
+                   console: Any = None) -> None:
+    """Print the leaderboard on a rich Console (default: standard output, at the terminal's own width)."""
+    from rich.console import Console
+
+    console = console or Console()
+    for item in terminal_renderables(acc, eff, counts, sig):
+        console.print(item)
+
+
+def render_terminal(acc: pd.DataFrame, eff: pd.DataFrame, counts: dict[str, int], width: int = 200,
+                    sig: Significance | None = None) -> str:
+    """The terminal rendering as plain text (for --out FILE): no styles, so best students are starred."""
     from rich.console import Console
 
     console = Console(file=io.StringIO(), width=width, record=True, color_system=None)
-    for item in terminal_renderables(acc, eff, counts):
+    for item in terminal_renderables(acc, eff, counts, sig, style="text"):
         console.print(item)
     return console.export_text()
 
 
-def render_csv(acc: pd.DataFrame, eff: pd.DataFrame) -> str:
-    """Both tables in one CSV: a `table` column says 'accuracy' or 'efficiency' (numbers, not strings)."""
-    # Nullable ints: the other table's rows leave these columns empty, which would turn 2 into 2.0.
-    ints = {c: "Int64" for c in ("n_seeds", "batch", "crop", "runs", "estimated")}
-    acc = acc.astype({c: t for c, t in ints.items() if c in acc})
-    eff = eff.astype({c: t for c, t in ints.items() if c in eff})
-    both = pd.concat([acc.assign(table="accuracy"), eff.assign(table="efficiency")], ignore_index=True)
-    both = both[["table"] + [c for c in both.columns if c != "table"]]
-    return both.to_csv(index=False)
+def render_csv(acc: pd.DataFrame, eff: pd.DataFrame, table: str = "accuracy", sig: Significance | None = None) -> str:
+    """One table as CSV (numbers, not strings): 'accuracy' (per cell: seeds, mean, std and 95% interval of
+    the median errors, means over seeds of the mean errors and threshold accuracies, Δ and marks),
+    'efficiency', or 'significance' (the paired tests against the baseline)."""
+    if table not in CSV_TABLES:
+        raise KdbenchError(f"unknown table {table!r}: use {', '.join(CSV_TABLES)}")
+    if table == "efficiency":
+        return eff.to_csv(index=False)
+    if table == "significance":
+        from kdbench.reports import stats
+
+        comparison = sig.comparison if sig is not None else pd.DataFrame(columns=stats.COMPARISON_COLUMNS)
+        return comparison.to_csv(index=False)
+    return acc.to_csv(index=False)
 
 
-def render_json(acc: pd.DataFrame, eff: pd.DataFrame, counts: dict[str, int]) -> str:
-    """{caption, accuracy: [records], efficiency: [records], not_shown, footnote} (NaN as null)."""
-    doc = {"caption": CAPTION, "efficiency_caption": EFFICIENCY_CAPTION,
-           "accuracy": json.loads(acc.to_json(orient="records", double_precision=15)),
-           "efficiency": json.loads(eff.to_json(orient="records", double_precision=15)),
-           "not_shown": counts, "footnote": footnote(counts)}
+def render_json(acc: pd.DataFrame, eff: pd.DataFrame, counts: dict[str, int], sig: Significance | None = None) -> str:
+    """{caption, accuracy, efficiency, significance, friedman, summary, not_shown, footnote} (NaN as null)."""
+    def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+        return json.loads(frame.to_json(orient="records", double_precision=15))
+
+    doc = {"caption": CAPTION, "efficiency_caption": EFFICIENCY_CAPTION, "accuracy": records(acc),
+           "efficiency": records(eff), "not_shown": counts, "footnote": footnote(counts)}
+    if sig is not None:
+        doc.update(significance_caption=SIGNIFICANCE_CAPTION, significance=records(sig.comparison),
+                   friedman=records(sig.ranks), summary=sig.sentences)
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
 
-def render(df: pd.DataFrame, profiles: pd.DataFrame, fmt: str = "markdown") -> str:
-    """The whole report (accuracy per group, efficiency, footnote) from the results and profiles frames."""
+def render(df: pd.DataFrame, profiles: pd.DataFrame, fmt: str = "markdown", table: str = "accuracy") -> str:
+    """The whole report (accuracy per group with its statistics, efficiency, footnote) from the results and
+    profiles frames; `table` picks the CSV table."""
+    from kdbench.reports import stats
+
     if fmt not in FORMATS:
         raise KdbenchError(f"unknown report format {fmt!r}: use {', '.join(FORMATS)}")
     acc, eff, counts = accuracy_table(df), efficiency_table(profiles), not_shown(df)
+    sig = stats.analyse(df)
     if fmt == "markdown":
-        return render_markdown(acc, eff, counts)
+        return render_markdown(acc, eff, counts, sig)
     if fmt == "terminal":
-        return render_terminal(acc, eff, counts)
+        return render_terminal(acc, eff, counts, sig=sig)
     if fmt == "csv":
-        return render_csv(acc, eff)
-    return render_json(acc, eff, counts)
+        return render_csv(acc, eff, table, sig)
+    return render_json(acc, eff, counts, sig)
