@@ -391,3 +391,87 @@ def test_presets_are_never_mixed(tmp_path, capsys):
     assert sorted(quick.loc[quick["scene"] == "Stairs", "t_mean"].round(3)) == [1.0, 1.0]
     assert main(["report", "--runs-dir", str(runs), "--preset", "fast"]) == 2
     assert "no results of preset 'fast'" in capsys.readouterr().err
+
+
+# paired comparisons and what `kdbench run` prints (issue 12) ------------------------------------------------
+def _two_scene_store(runs):
+    """The state after a 1-seed run of every method and a 2-seed rerun of baseline,sckd on one scene."""
+    values = {("SynthRoom", "baseline", 0): 0.50, ("SynthRoom", "baseline", 1): 0.30,
+              ("SynthRoom", "sckd", 0): 0.45, ("SynthRoom", "sckd", 1): 0.33, ("SynthRoom", "rkd", 0): 0.40,
+              ("SynthStreet", "baseline", 0): 4.0, ("SynthStreet", "sckd", 0): 3.0, ("SynthStreet", "rkd", 0): 5.0}
+    with ResultsStore(runs) as store:
+        for (scene, method, seed), t in values.items():
+            _add_job(store, runs, f"{scene}-{method}-{seed}", "student", scene, method, "resnet18", seed,
+                     {"median_t": t, "median_r": 10 * t})
+    return values
+
+
+def test_change_and_average_use_matched_seeds(tmp_path):
+    runs = tmp_path / "runs"
+    v = _two_scene_store(runs)
+    acc = accuracy_table(load_results(runs)).set_index(["scene", "method"])
+    # rkd ran on seed 0 only: its change is against the baseline's seed 0, not the baseline's 2-seed mean.
+    assert acc.loc[("SynthRoom", "rkd"), "dt_pct"] == pytest.approx(100 * (0.40 / 0.50 - 1))
+    assert acc.loc[("SynthRoom", "rkd"), "n_pairs"] == 1
+    assert acc.loc[("SynthRoom", "sckd"), "dt_pct"] == pytest.approx(100 * ((0.45 + 0.33) / 0.80 - 1))
+    assert acc.loc[("SynthRoom", "baseline"), "n_seeds"] == 2
+    # The average column rests on the seeds the baseline has on both scenes (seed 0) for every row.
+    avg = acc.loc[AVERAGE]
+    assert set(avg["n_seeds"]) == {1} and set(avg["seeds"]) == {"0"}
+    for method in ("baseline", "sckd", "rkd"):
+        expected = (v[("SynthRoom", method, 0)] + v[("SynthStreet", method, 0)]) / 2
+        assert avg.loc[method, "t_mean"] == pytest.approx(expected)
+    assert avg.loc["rkd", "dt_pct"] == pytest.approx(100 * ((0.40 + 5.0) / (0.50 + 4.0) - 1))
+
+
+def test_run_leaderboard_fits_the_terminal_with_bold(tmp_path, monkeypatch, capsys):
+    import re
+    import sys
+
+    from kdbench.runners.commands import print_leaderboard
+
+    runs = tmp_path / "runs"
+    _two_scene_store(runs)
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    print_leaderboard(str(runs), None)
+    out = capsys.readouterr().out
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", out)
+    assert max(len(line) for line in plain.splitlines()) <= 80
+    assert "\x1b[1m" in out  # the best student is really bold, as the caption says
+    assert "Bold: best student per column" in " ".join(plain.split())
+    assert "resnet18 rkd" in plain and "0.40" in plain
+    # Piped, the same call writes markdown, where bold is **...**.
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    print_leaderboard(str(runs), None)
+    assert "**0.39** ±" in capsys.readouterr().out  # sckd's SynthRoom mean over seeds 0 and 1
+
+
+def test_terminal_text_marks_best_with_a_star(store_dir):
+    text = render(load_results(store_dir), load_profiles(store_dir), "terminal")
+    assert "*: best student per column" in " ".join(text.split()) and "Bold" not in text
+    best = accuracy_table(load_results(store_dir)).query("scene == 'Stairs' and best_t").iloc[0]
+    assert f"{best['t_mean']:.2f}* ±" in text
+
+
+@pytest.mark.slow
+def test_run_prints_only_what_it_ran(tiny_data_root, tmp_path, capsys, one_thread):
+    runs = tmp_path / "runs"
+    tiny = ["--epochs", "1", "--batch-size", "4", "--load-size", "32", "--crop", "28", "--runs-dir", str(runs),
+            "--data-root", str(tiny_data_root), "--quiet"]
+    assert main(["run", "--methods", "baseline,rkd", "--scenes", "SynthRoom,SynthStreet", *tiny]) == 0
+    capsys.readouterr()
+    assert main(["run", "--methods", "baseline,vanilla", "--scenes", "SynthRoom", "--seeds", "2", *tiny]) == 0
+    printed = capsys.readouterr().out
+    table = printed.split("## Synthetic scenes")[1]
+    assert "resnet18 vanilla" in table and "resnet18 rkd" not in table and "SynthStreet" not in table
+    assert "with 2 (scene, seed) pairs (1 scene) no claim can be made" in printed
+    # `kdbench report` shows everything, and rkd's change is still against the baseline's seed 0 alone.
+    assert main(["report", "--runs-dir", str(runs), "--format", "json"]) == 0
+    acc = pd.DataFrame(json.loads(capsys.readouterr().out)["accuracy"]).set_index(["scene", "method"])
+    assert acc.loc[("SynthRoom", "baseline"), "n_seeds"] == 2
+    with ResultsStore(runs) as store:
+        t = {(j["method"], j["seed"]): store.metrics(j["id"])["median_t"] for j in store.jobs("done")
+             if j["scene"] == "SynthRoom" and j["kind"] == "student"}
+    assert acc.loc[("SynthRoom", "rkd"), "dt_pct"] == pytest.approx(100 * (t[("rkd", 0)] / t[("baseline", 0)] - 1))
+    assert set(acc.loc[AVERAGE, "n_seeds"]) == {1}

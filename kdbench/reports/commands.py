@@ -54,12 +54,10 @@ def _print_terminal(df, profiles) -> None:
 
     from kdbench.reports import leaderboard
 
-    acc, eff = leaderboard.accuracy_table(df), leaderboard.efficiency_table(profiles)
     console = Console()
     if not console.is_terminal:  # piped: rich would squeeze the tables into 80 columns
         console = Console(width=200)
-    for item in leaderboard.terminal_renderables(acc, eff, leaderboard.not_shown(df)):
-        console.print(item)
+    leaderboard.print_terminal(df, profiles, console)
 
 
 # import ---------------------------------------------------------------------------------------------------

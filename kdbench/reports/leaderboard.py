@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -70,16 +71,20 @@ def _scene_rank(scene: str) -> int:
     return names.index(scene.lower()) if scene.lower() in names else len(names)
 
 
-def load_results(runs_dir: str | os.PathLike, scenes: str | None = None, preset: str | None = None) -> pd.DataFrame:
+def load_results(runs_dir: str | os.PathLike, scenes: str | None = None, preset: str | None = None,
+                 job_ids: Iterable[str] | None = None) -> pd.DataFrame:
     """One row per job in the store (every status), with its metrics as columns (NaN where absent).
 
     Results of different presets are never mixed: jobs of presets other than `preset` (default: the preset
     of the most recently finished job) are kept out of the tables and counted in the footnote.
+    `job_ids` keeps only those jobs (`kdbench run` shows the jobs it was asked to run, nothing else).
     """
     with open_store(runs_dir) as store:
         jobs = pd.read_sql_query("SELECT id, kind, scene, method, arch, teacher_arch, seed, preset, status, "
                                  "error, run_dir, train_seconds, updated FROM jobs ORDER BY created", store.conn)
         metrics = pd.read_sql_query("SELECT job_id, name, value FROM metrics", store.conn)
+    if job_ids is not None:
+        jobs = jobs[jobs["id"].isin(set(job_ids))]
     return select_preset(results_frame(jobs, metrics, scenes), preset)
 
 
@@ -342,12 +347,14 @@ def _num(value: float, best: bool, style: str) -> str:
 
 
 def _metric_cell(r: pd.Series, prefix: str, style: str) -> str:
-    """'0.93 ± 0.05 [0.81, 1.05]'; the mean alone when n = 1."""
+    """'0.93 ± 0.05 [0.81, 1.05]'; the mean alone when n = 1; terminal styles put the interval on a line
+    of its own so that narrow columns do not break the numbers."""
     mean = _num(r[f"{prefix}_mean"], r[f"best_{prefix}"], style)
     if pd.isna(r[f"{prefix}_std"]):
         return mean
     lo, hi = r[f"{prefix}_ci_lo"], r[f"{prefix}_ci_hi"]
-    ci = f" [{lo:.2f}, {hi:.2f}]" if pd.notna(lo) else ""
+    sep = "\n" if style in ("rich", "text") else " "
+    ci = f"{sep}[{lo:.2f}, {hi:.2f}]" if pd.notna(lo) else ""
     return f"{mean} ± {r[f'{prefix}_std']:.2f}{ci}"
 
 
@@ -364,27 +371,39 @@ def _change(r: pd.Series) -> str:
     return f"{_pct(r['dt_pct'], r['sig_t'])} / {_pct(r['dr_pct'], r['sig_r'])}"
 
 
-def display_table(acc: pd.DataFrame, group: str, style: str = "plain") -> pd.DataFrame:
-    """One group's leaderboard as strings: a row per (role, arch, method); per scene and the average, columns
-    for translation, rotation and Δ; the number of seeds per column last."""
+def table_scenes(acc: pd.DataFrame, group: str) -> list[str]:
+    """The scene columns of a group's table in order, 'average' last (left out when it repeats one scene)."""
+    scenes = list(dict.fromkeys(acc[acc["group"] == group]["scene"]))
+    return scenes[:1] if len(scenes) == 2 else scenes
+
+
+def display_table(acc: pd.DataFrame, group: str, style: str = "plain",
+                  scenes: list[str] | None = None) -> pd.DataFrame:
+    """One group's leaderboard as strings: a row per (role, arch, method); per scene and the average (or the
+    given `scenes`), columns for translation, rotation and Δ; the number of seeds per column last."""
     part = acc[acc["group"] == group]
+    scenes = scenes or table_scenes(acc, group)
+    part = part[part["scene"].isin(scenes)]
     labels = list(dict.fromkeys(part["label"]))  # accuracy_table already ordered the rows
-    scenes = list(dict.fromkeys(part["scene"]))
-    if len(scenes) == 2:  # one scene and its average: the average column would repeat it
-        scenes = scenes[:1]
     table = pd.DataFrame({"method": labels})
     seeds = pd.DataFrame(index=labels)
     for scene in scenes:
         cells = part[part["scene"] == scene].set_index("label")
         name = "average" if scene == AVERAGE else scene
-        table[f"{name} t (m)"] = [_metric_cell(cells.loc[lb], "t", style) if lb in cells.index else "–"
+        if len(scenes) == 1 and style in ("rich", "text"):  # the terminal's table title names the scene
+            name = ""
+        table[f"{name} t (m)".strip()] = [_metric_cell(cells.loc[lb], "t", style) if lb in cells.index else "–"
                                   for lb in labels]
-        table[f"{name} r (deg)"] = [_metric_cell(cells.loc[lb], "r", style) if lb in cells.index else "–"
+        table[f"{name} r (deg)".strip()] = [_metric_cell(cells.loc[lb], "r", style) if lb in cells.index else "–"
                                     for lb in labels]
-        table[f"{name} Δ t / r"] = [_change(cells.loc[lb]) if lb in cells.index else "–" for lb in labels]
+        table[f"{name} Δ t / r".strip()] = [_change(cells.loc[lb]) if lb in cells.index else "–" for lb in labels]
         seeds[name] = [str(cells.loc[lb, "n_seeds"]) if lb in cells.index else "–" for lb in labels]
     table["n"] = [row.iloc[0] if row.nunique() == 1 else " / ".join(row) for _, row in seeds.iterrows()]
     return table
+
+
+def _p(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def significance_display(comparison: pd.DataFrame, group: str) -> pd.DataFrame:
@@ -402,7 +421,7 @@ def significance_display(comparison: pd.DataFrame, group: str) -> pd.DataFrame:
                 continue
             ci = f" [{x.ci_lo_pct:+.0f}%, {x.ci_hi_pct:+.0f}%]" if pd.notna(x.ci_lo_pct) else ""
             out[f"Δ {name} (95% CI)"] = f"{_pct(x.change_pct, x.significant)}{ci}"
-            out[f"p {name} (Holm)"] = "not tested" if pd.isna(x.p) else f"{x.p:.3f} ({x.p_holm:.3f})"
+            out[f"p {name} (Holm)"] = "not tested" if pd.isna(x.p) else f"{_p(x.p)} ({_p(x.p_holm)})"
         rows.append(out)
     return pd.DataFrame(rows)
 
@@ -507,7 +526,12 @@ def terminal_renderables(acc: pd.DataFrame, eff: pd.DataFrame, counts: dict[str,
 
     items: list[Any] = [Text(_caption(style) if not acc.empty else "No finished runs to show.")]
     for group in _groups(acc):
-        items.append(rich_table(_group_heading(acc, group), display_table(acc, group, style)))
+        # One table per scene (and the average): a group's columns side by side do not fit 80 columns.
+        for scene in table_scenes(acc, group):
+            title = f"{GROUP_TITLES.get(group, group)}: {scene}"
+            if scene == AVERAGE:
+                title = f"{_group_heading(acc, group)}: average"
+            items.append(rich_table(title, display_table(acc, group, style, [scene])))
         if sig is not None and group in sig.sentences:
             items.append(Text(" ".join(sig.sentences[group])))
     if not eff.empty:
@@ -517,13 +541,16 @@ def terminal_renderables(acc: pd.DataFrame, eff: pd.DataFrame, counts: dict[str,
     return items
 
 
-def print_terminal(acc: pd.DataFrame, eff: pd.DataFrame, counts: dict[str, int], sig: Significance | None = None,
-                   console: Any = None) -> None:
-    """Print the leaderboard on a rich Console (default: standard output, at the terminal's own width)."""
+def print_terminal(df: pd.DataFrame, profiles: pd.DataFrame, console: Any = None) -> None:
+    """Print the whole report on a rich Console (default: standard output at the terminal's own width, so
+    tables fold their cells instead of wrapping lines; best students in bold)."""
     from rich.console import Console
 
+    from kdbench.reports import stats
+
     console = console or Console()
-    for item in terminal_renderables(acc, eff, counts, sig):
+    acc, eff, counts = accuracy_table(df), efficiency_table(profiles), not_shown(df)
+    for item in terminal_renderables(acc, eff, counts, stats.analyse(df)):
         console.print(item)
 
 

@@ -210,7 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"options of this run: {written}", file=sys.stderr)
     res = run_benchmark(address=args.address, runs_dir=args.runs_dir, quiet=args.quiet, device=args.device,
                         **options)
-    print_leaderboard(args.runs_dir, args.scenes)
+    print_leaderboard(args.runs_dir, args.scenes, [job.id for job in res.jobs])  # what this run was asked
     print(f"{len(res.jobs)} jobs: {len(res.done)} trained now, {len(res.reused)} reused, {len(res.failed)} failed "
           f"({res.seconds:.0f} s). Store: {res.store_path}")
     if res.failed:
@@ -221,12 +221,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_leaderboard(runs_dir: str, scenes: str | None) -> None:
-    """The leaderboard of the results store: rich tables on a terminal, markdown when piped."""
-    from kdbench.reports.leaderboard import load_profiles, load_results, render
+def print_leaderboard(runs_dir: str, scenes: str | None, job_ids: list[str] | None = None) -> None:
+    """The leaderboard of `job_ids` (default: the whole store): rich tables at the terminal's width on a
+    terminal, markdown when piped."""
+    from kdbench.reports.leaderboard import load_profiles, load_results, print_terminal, render
 
-    fmt = "terminal" if sys.stdout.isatty() else "markdown"
-    print(render(load_results(runs_dir, scenes), load_profiles(runs_dir), fmt=fmt))
+    df, profiles = load_results(runs_dir, scenes, job_ids=job_ids), load_profiles(runs_dir)
+    if sys.stdout.isatty():
+        print_terminal(df, profiles)
+    else:
+        print(render(df, profiles, fmt="markdown"))
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
