@@ -173,7 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="markdown", choices=["markdown", "terminal", "csv", "json"],
                    help="output format")
     p.add_argument("--out", default=None, help="write to FILE instead of standard output")
-    p.add_argument("--plots", default=None, metavar="DIR", help="also write plots there (needs the plots extra)")
+    p.add_argument("--plots", default=None, metavar="DIR",
+                   help="also write plots there: error CDFs, critical-difference diagrams (needs the plots extra)")
+    p.add_argument("--table", default="accuracy", choices=["accuracy", "efficiency", "significance"],
+                   help="the table --format csv writes (one table per file)")
 
     p = sub.add_parser("profile", help="params, size, FLOPs, latency (torch, onnxruntime)")
     p.add_argument("--archs", default="resnet18,resnet34,resnet50", help="comma-separated trunks to measure")

@@ -288,6 +288,12 @@ def test_report_command_writes_file(store_dir, tmp_path, capsys):
     assert main(["report", "--runs-dir", str(store_dir), "--scenes", "Stairs", "--format", "csv"]) == 0
     back = pd.read_csv(io.StringIO(capsys.readouterr().out))
     assert set(back["scene"].dropna()) == {"Stairs", AVERAGE}
+    assert main(["report", "--runs-dir", str(store_dir), "--format", "csv", "--table", "efficiency"]) == 0
+    eff = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert list(eff["arch"]) == ["resnet18", "resnet18", "resnet34"] and "t_mean" not in eff
+    assert main(["report", "--runs-dir", str(store_dir), "--format", "csv", "--table", "significance"]) == 0
+    sig = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert set(sig["method"]) == {"vanilla", "sckd"} and set(sig["metric"]) == {"t", "r"}
 
 
 def test_report_without_store_is_a_clear_error(tmp_path, capsys):

@@ -30,7 +30,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.format == "terminal" and not args.out:
         _print_terminal(df, profiles)
     else:
-        text = leaderboard.render(df, profiles, args.format)
+        text = leaderboard.render(df, profiles, args.format, table=getattr(args, "table", "accuracy"))
         if args.out:
             from kdbench.fileio import write_text_atomic
 
