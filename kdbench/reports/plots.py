@@ -1,7 +1,8 @@
-"""Figures for `kdbench report --plots DIR`: error CDFs per scene, accuracy against latency and parameters.
+"""Figures for `kdbench report --plots DIR`: error CDFs per scene, critical-difference diagrams per group,
+accuracy against latency and parameters where several student architectures make that comparison mean something.
 
-matplotlib is an optional extra (`pip install kdbench[plots]`), imported only here and only when plotting.
-Figures are drawn on matplotlib.figure.Figure objects, never through pyplot, so no GUI backend is touched.
+matplotlib and scikit-posthocs are the optional `plots` extra (`pip install kdbench[plots]`), imported only here
+and only when plotting. Figures are drawn on matplotlib.figure.Figure objects, never through pyplot's state.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import numpy as np
 import pandas as pd
 
 from kdbench.errors import KdbenchError
+from kdbench.poses import ACCURACY_THRESHOLDS
+from kdbench.reports import stats
 from kdbench.reports.leaderboard import (
     AVERAGE,
     GROUP_TITLES,
@@ -91,8 +94,16 @@ def reference_profiles(eff: pd.DataFrame, archs: set[str]) -> tuple[pd.DataFrame
 
 # figures ------------------------------------------------------------------------------------------------
 def cdf_plot(errors: pd.DataFrame, scene: str, path: Path) -> Path:
-    """Cumulative distribution of translation and rotation error, one line per leaderboard row."""
-    fig = _figure(figsize=(11, 4.5), layout="constrained")
+    """Write `cdf_figure` to `path`."""
+    cdf_figure(errors, scene).savefig(path, dpi=110)
+    return path
+
+
+def cdf_figure(errors: pd.DataFrame, scene: str):
+    """Cumulative distribution of translation and rotation error, one line per leaderboard row, on log axes
+    (a 0-30 deg range that matters would be squeezed on a linear axis to 180 deg), with the protocol's
+    accuracy thresholds marked."""
+    fig = _figure(figsize=(11, 4.8), layout="constrained")
     axes = fig.subplots(1, 2)
     for label, part in errors.groupby("label", sort=False):
         seeds = part["seed"].nunique()
@@ -100,29 +111,90 @@ def cdf_plot(errors: pd.DataFrame, scene: str, path: Path) -> Path:
             x = np.sort(part[col].to_numpy(dtype=float))
             ax.step(x, np.arange(1, len(x) + 1) / len(x), where="post",
                     label=f"{label} ({seeds} seed{'s' if seeds > 1 else ''}, {len(x)} errors)")
-    for ax, col, unit in zip(axes, ("err_t", "err_r"), ("translation error (m)", "rotation error (deg)")):
-        hi = float(np.nanpercentile(errors[col], 99)) if len(errors) else 1.0
-        ax.set_xlim(0, hi * 1.05 or 1.0)  # the worst 1% would stretch the axis and hide the differences
+    thresholds = (sorted({t for t, _ in ACCURACY_THRESHOLDS}), sorted({r for _, r in ACCURACY_THRESHOLDS}))
+    for ax, col, unit, marks, fmt in zip(axes, ("err_t", "err_r"),
+                                         ("translation error (m, log scale)", "rotation error (deg, log scale)"),
+                                         thresholds, ("{:g} m", "{:g}°")):
+        values = errors[col].to_numpy(dtype=float)
+        values = values[np.isfinite(values) & (values > 0)]
+        lo = float(np.percentile(values, 0.5)) if len(values) else 0.01
+        hi = float(values.max()) if len(values) else 1.0
+        ax.set_xscale("log")
+        ax.set_xlim(min(lo, min(marks)) / 1.5, max(hi, max(marks)) * 1.5)
         ax.set_ylim(0, 1)
+        for mark in marks:  # the thresholds of the accuracy columns (DATASETS.md)
+            ax.axvline(mark, color="0.35", linestyle="--", linewidth=0.8)
+            ax.annotate(fmt.format(mark), (mark, 1.0), xytext=(2, -10), textcoords="offset points", fontsize=7,
+                        color="0.25")
         ax.set_xlabel(unit)
         ax.set_ylabel("fraction of test images")
-        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.3, which="both")
     axes[1].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"{scene}: test errors of the last-epoch models, all seeds pooled")
-    fig.savefig(path, dpi=110)
+    fig.suptitle(f"{scene}: test errors of the last-epoch models, all seeds pooled; dashed: accuracy thresholds")
+    return fig
+
+
+def cd_diagram(df: pd.DataFrame, group: str, arch: str, metric: str, path: Path) -> Path | None:
+    """Critical-difference diagram of the students of one group and architecture: mean rank over the
+    complete (scene, seed) blocks, bars joining rows the Nemenyi post-hoc test (scikit-posthocs) cannot tell
+    apart at 0.05; None when there are fewer than 3 rows or 2 blocks."""
+    try:
+        import scikit_posthocs as sp
+    except ImportError:
+        raise KdbenchError("critical-difference diagrams need scikit-posthocs: pip install 'kdbench[plots]' "
+                           "(or pip install scikit-posthocs)") from None
+    from scipy.stats import friedmanchisquare, studentized_range
+
+    wide, left_out = stats.block_matrix(df, group, arch, metric)
+    k, n = wide.shape[1], len(wide)
+    if k < 3 or n < 2:
+        return None
+    ranks = wide.rank(axis=1, method="average").mean()
+    nemenyi = sp.posthoc_nemenyi_friedman(wide.to_numpy())
+    nemenyi.index = nemenyi.columns = list(wide.columns)
+    # Demsar (2006): CD = q_alpha / sqrt(2) * sqrt(k (k + 1) / (6 N)), q from the studentized range.
+    cd = studentized_range.ppf(1 - stats.ALPHA, k, np.inf) / np.sqrt(2) * np.sqrt(k * (k + 1) / (6 * n))
+    fried = friedmanchisquare(*[wide[c].to_numpy() for c in wide.columns])
+    fig = _figure(figsize=(8, 1.6 + 0.28 * k), layout="constrained")
+    ax = fig.subplots()
+    sp.critical_difference_diagram(ranks, nemenyi, ax=ax, alpha=stats.ALPHA)  # CD in the title: a bar would hide ticks
+    what = stats.METRICS[metric][1]
+    verdict = "" if fried.pvalue < stats.ALPHA else " (not significant: no pair can be told apart)"
+    title = (f"{GROUP_TITLES.get(group, group)}, {arch} students: mean rank of median {what} error (1 = best) "
+             f"over {n} (scene, seed) blocks\nFriedman χ² = {fried.statistic:.2f}, p = {fried.pvalue:.3g}{verdict}; "
+             f"bars join rows Nemenyi cannot tell apart at {stats.ALPHA}; CD = {cd:.2f}")
+    if left_out:
+        title += f"\nleft out (not run on enough blocks): {', '.join(left_out)}"
+    ax.set_title(title, fontsize=8)
+    fig.savefig(path, dpi=120)
     return path
 
 
 def tradeoff_plot(points: pd.DataFrame, xcol: str, xlabel: str, title: str, path: Path) -> Path:
-    """Average median translation error against `xcol`, teachers and students, Pareto front marked."""
+    """Write `tradeoff_figure` to `path`."""
+    tradeoff_figure(points, xcol, xlabel, title).savefig(path, dpi=110)
+    return path
+
+
+def tradeoff_figure(points: pd.DataFrame, xcol: str, xlabel: str, title: str):
+    """Average median translation error against `xcol`, Pareto front marked. Per student architecture only
+    its baseline and its best KD student are labelled (the other methods share their x and are grey dots)."""
     fig = _figure(figsize=(7.5, 5), layout="constrained")
     ax = fig.subplots()
-    for role, marker in (("teacher", "s"), ("student", "o")):
-        part = points[points["role"] == role]
-        ax.scatter(part[xcol], part["t_mean"], marker=marker, label=f"{role}s", zorder=3)
-    for p in points.itertuples():
-        ax.annotate(p.label, (getattr(p, xcol), p.t_mean), fontsize=7, xytext=(4, 3),
-                    textcoords="offset points")
+    students = points[points["role"] == "student"]
+    teachers = points[points["role"] == "teacher"]
+    labelled = pd.concat([students[students["method"] == "baseline"],
+                          students[students["method"] != "baseline"].sort_values("t_mean").groupby("arch").head(1),
+                          teachers])
+    others = students.drop(labelled.index, errors="ignore")
+    if not others.empty:
+        ax.scatter(others[xcol], others["t_mean"], color="0.7", s=14, zorder=2, label="other KD students")
+    for part, marker, name in ((labelled[labelled["role"] == "student"], "o", "students: baseline and best KD"),
+                               (teachers, "s", "teachers")):
+        if not part.empty:  # no legend entry for what is not drawn
+            ax.scatter(part[xcol], part["t_mean"], marker=marker, label=name, zorder=3)
+    for p in labelled.itertuples():
+        ax.annotate(p.label, (getattr(p, xcol), p.t_mean), fontsize=7, xytext=(4, 3), textcoords="offset points")
     front = points.iloc[pareto_front(points[xcol].tolist(), points["t_mean"].tolist())]
     ax.step(front[xcol], front["t_mean"], where="post", color="crimson", alpha=0.6, label="Pareto front")
     ax.scatter(front[xcol], front["t_mean"], s=160, facecolors="none", edgecolors="crimson", zorder=4)
@@ -131,8 +203,7 @@ def tradeoff_plot(points: pd.DataFrame, xcol: str, xlabel: str, title: str, path
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(path, dpi=110)
-    return path
+    return fig
 
 
 def tradeoff_points(acc: pd.DataFrame, eff: pd.DataFrame, group: str) -> tuple[pd.DataFrame, str]:
@@ -164,12 +235,34 @@ def write_plots(df: pd.DataFrame, profiles: pd.DataFrame, out_dir: str | os.Path
             continue
         written.append(cdf_plot(errors, scene, out / f"cdf-{scene}.png"))
     for group in dict.fromkeys(acc["group"]):
+        written += _group_cd_diagrams(df, jobs, group, out)
         written += _group_tradeoffs(acc, eff, group, out)
+    return written
+
+
+def _group_cd_diagrams(df: pd.DataFrame, jobs: pd.DataFrame, group: str, out: Path) -> list[Path]:
+    written = []
+    students = jobs[(jobs["group"] == group) & (jobs["role"] == "student")]
+    for arch in dict.fromkeys(students["arch"]):
+        for metric in stats.METRICS:
+            suffix = "" if students["arch"].nunique() == 1 else f"-{arch}"
+            path = cd_diagram(df, group, arch, metric, out / f"cd-{group}{suffix}-{metric}.png")
+            if path is None:
+                _warn(f"{group}: a critical-difference diagram needs 3 or more {arch} students that ran on 2 or "
+                      f"more common (scene, seed) pairs; none drawn")
+                break
+            written.append(path)
     return written
 
 
 def _group_tradeoffs(acc: pd.DataFrame, eff: pd.DataFrame, group: str, out: Path) -> list[Path]:
     points, where = tradeoff_points(acc, eff, group)
+    student_archs = sorted(set(points.loc[points["role"] == "student", "arch"]))
+    if len(student_archs) < 2:
+        # Every student would sit at one x: the plot would only restate the leaderboard's column.
+        _warn(f"{group}: one student architecture ({', '.join(student_archs) or 'none'}), so no accuracy vs "
+              f"latency or parameters plot (run with another --student-arch to compare architectures)")
+        return []
     n_scenes = acc[(acc["group"] == group) & (acc["scene"] != AVERAGE)]["scene"].nunique()
     title = f"{GROUP_TITLES.get(group, group)} ({n_scenes} scene{'s' if n_scenes > 1 else ''})"
     unmeasured = sorted(set(points.loc[points["latency_median_ms"].isna(), "arch"]))
