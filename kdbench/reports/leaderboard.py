@@ -267,13 +267,12 @@ def _add_change(acc: pd.DataFrame, values: pd.DataFrame) -> pd.DataFrame:
     if pairs.empty:
         return acc.assign(n_pairs=pd.array([pd.NA] * len(acc), dtype="Int64"), dt_pct=float("nan"),
                           dr_pct=float("nan"))
-    change = (pairs.groupby(ROW_KEY, dropna=False)
-              .apply(lambda p: pd.Series({
-                  "n_pairs": len(p),
-                  "dt_pct": 100 * (p["median_t"].mean() / p["median_t_base"].mean() - 1),
-                  "dr_pct": 100 * (p["median_r"].mean() / p["median_r_base"].mean() - 1)}),
-                  include_groups=False)
-              .reset_index())
+    change = pairs.groupby(ROW_KEY, dropna=False).agg(
+        n_pairs=("seed", "size"), t=("median_t", "mean"), tb=("median_t_base", "mean"), r=("median_r", "mean"),
+        rb=("median_r_base", "mean")).reset_index()
+    change["dt_pct"] = 100 * (change["t"] / change["tb"] - 1)
+    change["dr_pct"] = 100 * (change["r"] / change["rb"] - 1)
+    change = change[ROW_KEY + ["n_pairs", "dt_pct", "dr_pct"]]
     acc = acc.drop(columns=["n_pairs", "dt_pct", "dr_pct"]).merge(change, how="left", on=ROW_KEY)
     acc["n_pairs"] = acc["n_pairs"].astype("Int64")
     return acc
@@ -419,7 +418,7 @@ def significance_display(comparison: pd.DataFrame, group: str) -> pd.DataFrame:
             if pd.isna(x.change_pct):
                 out[f"Δ {name} (95% CI)"], out[f"p {name} (Holm)"] = "–", "–"
                 continue
-            ci = f" [{x.ci_lo_pct:+.0f}%, {x.ci_hi_pct:+.0f}%]" if pd.notna(x.ci_lo_pct) else ""
+            ci = f" [{_pct(x.ci_lo_pct)}, {_pct(x.ci_hi_pct)}]" if pd.notna(x.ci_lo_pct) else ""
             out[f"Δ {name} (95% CI)"] = f"{_pct(x.change_pct, x.significant)}{ci}"
             out[f"p {name} (Holm)"] = "not tested" if pd.isna(x.p) else f"{_p(x.p)} ({_p(x.p_holm)})"
         rows.append(out)

@@ -104,6 +104,8 @@ def cdf_figure(errors: pd.DataFrame, scene: str):
     (a 0-30 deg range that matters would be squeezed on a linear axis to 180 deg), with the protocol's
     accuracy thresholds marked."""
     fig = _figure(figsize=(11, 4.8), layout="constrained")
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     axes = fig.subplots(1, 2)
     for label, part in errors.groupby("label", sort=False):
         seeds = part["seed"].nunique()
@@ -120,6 +122,8 @@ def cdf_figure(errors: pd.DataFrame, scene: str):
         lo = float(np.percentile(values, 0.5)) if len(values) else 0.01
         hi = float(values.max()) if len(values) else 1.0
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.5, 2, 10 rather than 5×10⁻¹
+        ax.xaxis.set_minor_formatter(NullFormatter())  # unlabelled minor ticks: labels would overlap
         ax.set_xlim(min(lo, min(marks)) / 1.5, max(hi, max(marks)) * 1.5)
         ax.set_ylim(0, 1)
         for mark in marks:  # the thresholds of the accuracy columns (DATASETS.md)
@@ -161,8 +165,8 @@ def cd_diagram(df: pd.DataFrame, group: str, arch: str, metric: str, path: Path)
     what = stats.METRICS[metric][1]
     verdict = "" if fried.pvalue < stats.ALPHA else " (not significant: no pair can be told apart)"
     title = (f"{GROUP_TITLES.get(group, group)}, {arch} students: mean rank of median {what} error (1 = best) "
-             f"over {n} (scene, seed) blocks\nFriedman χ² = {fried.statistic:.2f}, p = {fried.pvalue:.3g}{verdict}; "
-             f"bars join rows Nemenyi cannot tell apart at {stats.ALPHA}; CD = {cd:.2f}")
+             f"over {n} (scene, seed) blocks\nFriedman χ² = {fried.statistic:.2f}, p = {fried.pvalue:.3g}{verdict}\n"
+             f"bars join rows the Nemenyi test cannot tell apart at {stats.ALPHA} (critical difference {cd:.2f})")
     if left_out:
         title += f"\nleft out (not run on enough blocks): {', '.join(left_out)}"
     ax.set_title(title, fontsize=8)

@@ -196,6 +196,10 @@ def _fmt_p(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
+def _pct(value: float) -> str:
+    return "0%" if round(value) == 0 else f"{value:+.0f}%"
+
+
 def _join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
@@ -231,8 +235,8 @@ def summary_sentences(comparison: pd.DataFrame, ranks: pd.DataFrame | None = Non
                 claims = []
                 for r in sig.itertuples():
                     what = METRICS[r.metric][1]
-                    claims.append(f"{r.label} is significantly {r.direction} in {what} ({r.change_pct:+.0f}%, "
-                                  f"95% CI {r.ci_lo_pct:+.0f}% to {r.ci_hi_pct:+.0f}%, Holm-adjusted "
+                    claims.append(f"{r.label} is significantly {r.direction} in {what} ({_pct(r.change_pct)}, "
+                                  f"95% CI {_pct(r.ci_lo_pct)} to {_pct(r.ci_hi_pct)}, Holm-adjusted "
                                   f"{_fmt_p(r.p_holm)}, {r.n_pairs} pairs)")
                 sentences.append(f"{title}: {_join(claims)}; no other difference is significant ({basis}).")
             few = sorted(set(rows.loc[rows["tested"] & (rows["n_pairs"] < pairs), "label"]))
