@@ -133,7 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="load KD methods from a Python file (repeatable)")
 
     p = sub.add_parser("run", help="benchmark methods x scenes x seeds (teachers first), then print leaderboard")
-    p.add_argument("--methods", default="all", help="all, or a comma-separated list (see `kdbench methods`)")
+    p.add_argument("--methods", default="all",
+                   help="comma-separated methods, variants and groups; each variant is its own leaderboard row: "
+                        "NAME:KEY=VALUE[:KEY=VALUE...] (list values joined with +, e.g. sckd:sc_layers=2+3), "
+                        "e.g. baseline,sckd,sckd:sigma=0,sckd:alpha=0; groups: all (every method), ablations "
+                        "(sckd, sckd:sigma=0 = hint only, sckd:alpha=0 = SC only). --set METHOD.KEY=VALUE is "
+                        "the base of every row of METHOD; a variant's own keys win (see `kdbench methods`)")
     p.add_argument("--scenes", default="synthetic", help="scene names or groups, comma-separated")
     p.add_argument("--seeds", default="1", help="a count (3) or a list (0,1,2)")
     p.add_argument("--teacher-arch", default="resnet34", choices=ARCHS, metavar="ARCH",

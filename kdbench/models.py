@@ -83,9 +83,11 @@ class PoseNet(nn.Module):
         finally:
             for h in handles:
                 h.remove()
-        embed = self.head(pooled)
-        if "embed" in taps:
-            feats["embed"] = embed
+        linear, relu, dropout = self.head
+        hidden = relu(linear(pooled))
+        if "embed" in taps:  # before Dropout: student and teacher features are both un-noised
+            feats["embed"] = hidden
+        embed = dropout(hidden)
         xyz = self.fc_xyz(embed)
         q = F.normalize(self.fc_q(embed), dim=1)
         return PoseOutput(xyz, q, feats)
@@ -98,7 +100,11 @@ class PoseNet(nn.Module):
 
 
 def init_head_sckd(model: PoseNet) -> None:
-    """SCKD's (poselstm-pytorch's) head initialisation: weights N(0, 0.01), xyz output N(0, 0.5), biases 0."""
+    """SCKD's (poselstm-pytorch's) head initialisation: weights N(0, 0.01), xyz output N(0, 0.5), biases 0.
+
+    Checked against SCKD's resPoseNet.weight_init_resnet (Regression: "pose" Linear and "WPQR" N(0, 0.01),
+    "XYZ" N(0, 0.5), every bias 0) and poselstm-pytorch's weight_init_googlenet, which it copies.
+    """
     for layer, std in ((model.head[0], 0.01), (model.fc_q, 0.01), (model.fc_xyz, 0.5)):
         nn.init.normal_(layer.weight, 0.0, std)
         nn.init.zeros_(layer.bias)

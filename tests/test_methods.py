@@ -67,20 +67,36 @@ def ref_cos(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def ref_adapt(method, layer: str, f: np.ndarray) -> np.ndarray:
-    """The adaptor by hand: 1x1 conv (per pixel matrix product), then BatchNorm with batch statistics."""
-    conv, bn = method.adaptors[layer][0], method.adaptors[layer][1]
-    gamma, shift = np_(bn.weight), np_(bn.bias)
-    w = np_(conv.weight)[:, :, 0, 0]
-    b, _, h, wd = f.shape
-    y = np.zeros((b, w.shape[0], h, wd))
-    for i in range(b):
-        for r in range(h):
-            for c in range(wd):
-                y[i, :, r, c] = w @ f[i, :, r, c]
-    for ch in range(y.shape[1]):
-        vals = y[:, ch].ravel()
-        mean, var = vals.mean(), vals.var()  # biased variance, as BatchNorm normalises in training
-        y[:, ch] = (y[:, ch] - mean) / math.sqrt(var + bn.eps) * gamma[ch] + shift[ch]
+    """The adaptor by hand: 1x1 conv / Linear (per pixel matrix product), BatchNorm with batch statistics,
+    ReLU; the identity passes f through."""
+    y = f.copy()
+    adaptor = method.adaptors[layer]
+    for mod in (adaptor if isinstance(adaptor, torch.nn.Sequential) else [adaptor]):
+        if isinstance(mod, torch.nn.Identity):
+            continue
+        if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
+            w = np_(mod.weight).reshape(mod.weight.shape[0], -1)
+            assert mod.bias is None  # SCKD's conv1x1 has no bias
+            if y.ndim == 2:
+                y = np.array([w @ y[i] for i in range(len(y))])
+                continue
+            b, _, h, wd = y.shape
+            out = np.zeros((b, w.shape[0], h, wd))
+            for i in range(b):
+                for r in range(h):
+                    for c in range(wd):
+                        out[i, :, r, c] = w @ y[i, :, r, c]
+            y = out
+        elif isinstance(mod, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            gamma, shift = np_(mod.weight), np_(mod.bias)
+            for ch in range(y.shape[1]):
+                vals = y[:, ch].ravel()
+                mean, var = vals.mean(), vals.var()  # biased variance, as BatchNorm normalises in training
+                y[:, ch] = (y[:, ch] - mean) / math.sqrt(var + mod.eps) * gamma[ch] + shift[ch]
+        elif isinstance(mod, torch.nn.ReLU):
+            y = np.maximum(y, 0.0)
+        else:
+            raise AssertionError(f"unexpected adaptor module {mod}")
     return y
 
 
@@ -102,18 +118,42 @@ def ref_sp(fs: np.ndarray, ft: np.ndarray) -> float:
     return float(sum((gt[i, j] - gs[i, j]) ** 2 for i in range(b) for j in range(b)) / b**2)
 
 
-def ref_c(f: np.ndarray, poses: np.ndarray) -> np.ndarray:
+def ref_self_sim(rows: list[np.ndarray], zero_diagonal: bool) -> np.ndarray:
+    """Cosines between rows; torchmetrics' pairwise_cosine_similarity(x) sets the diagonal to 0."""
+    b = len(rows)
+    return np.array([[0.0 if (zero_diagonal and i == j) else ref_cos(rows[i], rows[j]) for j in range(b)]
+                     for i in range(b)])
+
+
+def ref_pose_sim(poses: np.ndarray, zero_diagonal: bool, quat: str = "canonical") -> np.ndarray:
+    """S_P; quat "nearest" flips q_j to the sign nearer q_i before the cosine, pair by pair."""
+    b = len(poses)
+    out = np.zeros((b, b))
+    for i in range(b):
+        for j in range(b):
+            pj = poses[j].copy()
+            if quat == "nearest" and poses[i][3:] @ pj[3:] < 0:
+                pj[3:] = -pj[3:]
+            out[i, j] = 0.0 if (zero_diagonal and i == j) else ref_cos(poses[i], pj)
+    return out
+
+
+def ref_c(f: np.ndarray, poses: np.ndarray, zero_diagonal: bool = True, quat: str = "canonical") -> np.ndarray:
     """SCKD's self-cross similarity c_i = cos(S_F[i, :], S_P[i, :])."""
     b = f.shape[0]
-    s_f = np.array([[ref_cos(f[i].ravel(), f[j].ravel()) for j in range(b)] for i in range(b)])
-    s_p = np.array([[ref_cos(poses[i], poses[j]) for j in range(b)] for i in range(b)])
+    s_f = ref_self_sim([f[i].ravel() for i in range(b)], zero_diagonal)
+    s_p = ref_pose_sim(poses, zero_diagonal, quat)
     return np.array([ref_cos(s_f[i], s_p[i]) for i in range(b)])
 
 
-def ref_kl(c_t: np.ndarray, c_s: np.ndarray) -> float:
-    """KL(softmax(c_t) || softmax(c_s)) = sum p_t (log p_t - log p_s): the teacher is the target."""
+def ref_kl(c_t: np.ndarray, c_s: np.ndarray, reduction: str = "sum") -> float:
+    """KL(softmax(c_t) || softmax(c_s)) = sum p_t (log p_t - log p_s): the teacher is the target.
+
+    "batchmean" divides by len(c), as torch's kl_div(..., reduction="batchmean") does to a 1-d input.
+    """
     p_t, p_s = np.exp(c_t) / np.exp(c_t).sum(), np.exp(c_s) / np.exp(c_s).sum()
-    return float(sum(p_t[i] * (math.log(p_t[i]) - math.log(p_s[i])) for i in range(len(c_t))))
+    kl = float(sum(p_t[i] * (math.log(p_t[i]) - math.log(p_s[i])) for i in range(len(c_t))))
+    return kl / len(c_t) if reduction == "batchmean" else kl
 
 
 def assert_terms(terms: dict[str, torch.Tensor], expected: dict[str, float]) -> None:
@@ -148,25 +188,88 @@ def test_similarity_matches_loops(batch, layers):
     assert_terms(m.loss(s, t, gt, ctx()), {"gt": ref_gt(s, gt), "similarity": 3000.0 * sp})
 
 
-def test_hint_matches_loops(batch):
+@pytest.mark.parametrize("adaptor", ["auto", "conv", "conv-bn"])
+def test_hint_matches_loops(batch, adaptor):
     s, t, gt = batch
-    m = built("hint", batch, layers="layer2,layer4")
+    m = built("hint", batch, layers="layer2,layer4,pool", adaptor=adaptor)
     hint = sum(np.mean((ref_adapt(m, n, np_(s.features[n])) - np_(t.features[n])) ** 2)
-               for n in ("layer2", "layer4"))
+               for n in ("layer2", "layer4", "pool"))
     assert_terms(m.loss(s, t, gt, ctx()), {"gt": ref_gt(s, gt), "hint": 100.0 * hint})
 
 
-@pytest.mark.parametrize("divergence", ["kl", "mse"])
-def test_sckd_matches_loops(batch, divergence):
+def same_shaped_teacher(batch) -> PoseOutput:
+    """Teacher features shaped like the student's (resnet34 -> resnet18 at layer4: 512 = 512)."""
+    s, t, _ = batch
+    gen = torch.Generator().manual_seed(9)
+    feats = {k: torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in s.features.items()}
+    return PoseOutput(t.xyz, t.q, feats)
+
+
+@pytest.mark.parametrize("adaptor", ["auto", "identity"])
+def test_hint_matches_directly_when_shapes_agree(batch, adaptor):
+    """SCKD's hint path: no adaptor (and no trainable parameter) when teacher and student shapes agree."""
+    s, _, gt = batch
+    t = same_shaped_teacher(batch)
+    for name in ("hint", "sckd", "attentive"):
+        m = create_method(name, {"adaptor": adaptor})
+        m.setup(s, t)
+        assert list(m.parameters()) == [] and all(isinstance(a, torch.nn.Identity) for a in m.adaptors.values())
+    m = create_method("hint", {"layers": "layer2,pool", "adaptor": adaptor})
+    m.setup(s, t)
+    hint = sum(np.mean((np_(s.features[n]) - np_(t.features[n])) ** 2) for n in ("layer2", "pool"))
+    assert_terms(m.loss(s, t, gt, ctx()), {"gt": ref_gt(s, gt), "hint": 100.0 * hint})
+
+
+@pytest.mark.parametrize("divergence,reduction,zero_diagonal,quat", [
+    ("kl", "batchmean", True, "canonical"),  # the defaults
+    ("kl", "sum", True, "canonical"),
+    ("kl", "batchmean", False, "canonical"),
+    ("kl", "batchmean", True, "nearest"),
+    ("mse", "batchmean", True, "canonical"),
+])
+def test_sckd_matches_loops(batch, divergence, reduction, zero_diagonal, quat):
     s, t, gt = batch
-    m = built("sckd", batch, sigma=50, alpha=7, sc_layers="layer2,layer3", divergence=divergence)
+    params = dict(sigma=50, alpha=7, sc_layers="layer2,layer3", divergence=divergence, kl_reduction=reduction,
+                  zero_diagonal=zero_diagonal, sp_quat=quat)
+    m = built("sckd", batch, **params)
     poses = np.concatenate([np_(gt.xyz), np_(gt.q)], axis=1)
     sc = 0.0
     for n in ("layer2", "layer3"):
-        c_s, c_t = ref_c(np_(s.features[n]), poses), ref_c(np_(t.features[n]), poses)
-        sc += ref_kl(c_t, c_s) if divergence == "kl" else float(np.mean((c_s - c_t) ** 2))
+        c_s = ref_c(np_(s.features[n]), poses, zero_diagonal, quat)
+        c_t = ref_c(np_(t.features[n]), poses, zero_diagonal, quat)
+        sc += ref_kl(c_t, c_s, reduction) if divergence == "kl" else float(np.mean((c_s - c_t) ** 2))
     hint = np.mean((ref_adapt(m, "layer4", np_(s.features["layer4"])) - np_(t.features["layer4"])) ** 2)
     assert_terms(m.loss(s, t, gt, ctx()), {"gt": ref_gt(s, gt), "sc": 50 * sc, "hint": 7 * hint})
+
+
+def test_sckd_defaults_follow_the_published_code(batch):
+    """zero diagonal (torchmetrics' default), batchmean KL on the 1-d c, canonical q, identity-or-conv adaptor;
+    and the diagonal matters: keeping cos = 1 there gives another loss."""
+    s, t, gt = batch
+    p = resolved_params("sckd")
+    assert (p["zero_diagonal"], p["kl_reduction"], p["divergence"], p["sp_quat"], p["adaptor"]) == \
+        (True, "batchmean", "kl", "canonical", "auto")
+    def sc(**params):
+        return float(built("sckd", batch, **params).loss(s, t, gt, ctx())["sc"].detach())
+
+    default, with_diagonal, summed = sc(), sc(zero_diagonal=False), sc(kl_reduction="sum")
+    assert abs(default - with_diagonal) > 1e-3 * default
+    assert summed == pytest.approx(B * default, rel=1e-9)
+
+
+def test_pose_similarity_nearest_ignores_the_quaternion_sign(batch):
+    """S_P with quat "nearest" is the same whichever sign a quaternion is stored with; "canonical" is not."""
+    from kdbench.methods.functional import pose_self_similarity
+
+    _, _, gt = batch
+    flipped = gt.q * torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=gt.q.dtype).unsqueeze(1)
+    for quat, invariant in (("nearest", True), ("canonical", False)):
+        a = pose_self_similarity(gt.xyz, gt.q, quat, True)
+        b = pose_self_similarity(gt.xyz, flipped, quat, True)
+        assert torch.allclose(a, b) == invariant, quat
+        poses = np.concatenate([np_(gt.xyz), np_(flipped)], axis=1)
+        assert np.allclose(np_(b), ref_pose_sim(poses, True, quat))
+        assert torch.all(torch.diagonal(a) == 0)
 
 
 def ref_smooth_l1(a: np.ndarray, b: np.ndarray) -> float:
@@ -239,8 +342,9 @@ def test_rkd_pkt_at_match_loops(batch):
 def test_sc_divergence_takes_the_teacher_as_target():
     gen = torch.Generator().manual_seed(3)
     c_s, c_t = torch.randn(2, 6, generator=gen, dtype=torch.float64)
-    kl = float(sc_divergence(c_s, c_t, "kl"))
+    kl = float(sc_divergence(c_s, c_t, "kl", "sum"))
     assert kl == pytest.approx(ref_kl(np_(c_t), np_(c_s)), rel=1e-9)
+    assert float(sc_divergence(c_s, c_t, "kl")) == pytest.approx(kl / 6, rel=1e-9)  # batchmean: / b
     assert abs(kl - ref_kl(np_(c_s), np_(c_t))) > 1e-3  # KL is asymmetric: the reverse differs
     assert float(sc_divergence(c_t, c_t, "kl")) == pytest.approx(0.0, abs=1e-12)
 
@@ -281,7 +385,7 @@ def test_attentive_joint_matches_loops(batch, clamp):
     phi = [min(max(p, 0.0), 1.0) for p in phi] if clamp else phi
     imit = ref_l(np_(s.xyz), np_(s.q), np_(t.xyz), np_(t.q))
     diff = ref_adapt(m, "layer4", np_(s.features["layer4"])) - np_(t.features["layer4"])
-    aht = np.mean([phi[i] * np.sum(diff[i] ** 2) for i in range(B)])
+    aht = np.mean([phi[i] * np.mean(diff[i] ** 2) for i in range(B)])  # element mean, as hint and sckd
     expected = {"gt": 0.4 * ref_gt(s, gt), "imitation": 0.6 * np.mean([phi[i] * imit[i] for i in range(B)]),
                 "aht": 100.0 * aht}
     assert_terms(m.loss(s, t, gt, ctx()), expected)
@@ -294,7 +398,7 @@ def test_attentive_two_stage_terms(batch):
     m = attentive_ready(batch, eta)
     phi = [1 - ei / eta for ei in e]
     diff = ref_adapt(m, "layer4", np_(s.features["layer4"])) - np_(t.features["layer4"])
-    aht = np.mean([phi[i] * np.sum(diff[i] ** 2) for i in range(B)])
+    aht = np.mean([phi[i] * np.mean(diff[i] ** 2) for i in range(B)])
     assert_terms(m.loss(s, t, gt, ctx(0, 10)), {"aht": aht})
     imit = ref_l(np_(s.xyz), np_(s.q), np_(t.xyz), np_(t.q))
     assert_terms(m.loss(s, t, gt, ctx(2, 10)),
@@ -352,17 +456,36 @@ def test_state_dict_survives_resume(batch, name):
         assert torch.equal(a, b), k
 
 
-def test_adaptor_shapes():
+@pytest.mark.parametrize("adaptor,modules", [
+    ("auto", (torch.nn.Conv2d, torch.nn.ReLU)),
+    ("conv", (torch.nn.Conv2d, torch.nn.ReLU)),
+    ("conv-bn", (torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.ReLU)),
+])
+def test_adaptor_shapes_end_in_relu(adaptor, modules):
+    """Every tapped target is post-ReLU, so every adaptor with weights ends in one (FitNets, ConvReg, SCKD)."""
     gen = torch.Generator().manual_seed(0)
     s, t = rand_output(gen), rand_output(gen, teacher=True)
-    m = create_method("hint", {"layers": "layer2,pool"})
+    m = create_method("hint", {"layers": "layer2,pool", "adaptor": adaptor})
     m.setup(s, t)
-    assert m.adaptors["layer2"][0].weight.shape == (5, 6, 1, 1)
-    assert isinstance(m.adaptors["layer2"][1], torch.nn.BatchNorm2d)
-    assert isinstance(m.adaptors["pool"], torch.nn.Linear) and m.adaptors["pool"].weight.shape == (10, 8)
+    assert tuple(type(x) for x in m.adaptors["layer2"]) == modules
+    assert m.adaptors["layer2"][0].weight.shape == (5, 6, 1, 1) and m.adaptors["layer2"][0].bias is None
+    flat_modules = tuple({torch.nn.Conv2d: torch.nn.Linear, torch.nn.BatchNorm2d: torch.nn.BatchNorm1d}.get(x, x)
+                         for x in modules)
+    assert tuple(type(x) for x in m.adaptors["pool"]) == flat_modules
+    assert m.adaptors["pool"][0].weight.shape == (10, 8)
+    for name in ("layer2", "pool"):
+        assert bool((m.adaptors[name](s.features[name]) >= 0).all())
     bad = PoseOutput(t.xyz, t.q, {"layer2": torch.zeros(B, 5, 3, 3), "pool": t.features["pool"]})
     with pytest.raises(KdbenchError, match="differ in size"):
-        create_method("hint", {"layers": "layer2"}).setup(s, bad)
+        create_method("hint", {"layers": "layer2", "adaptor": adaptor}).setup(s, bad)
+
+
+def test_identity_adaptor_needs_equal_shapes(batch):
+    s, t, _ = batch
+    with pytest.raises(KdbenchError, match="adaptor=identity needs equal shapes.*use adaptor=auto or conv"):
+        create_method("hint", {"adaptor": "identity"}).setup(s, t)
+    with pytest.raises(KdbenchError, match="auto, identity, conv, conv-bn"):
+        create_method("sckd", {"adaptor": "mlp"})
 
 
 # ---------------------------------------------------------------- gradients on real networks
@@ -396,7 +519,8 @@ def prepared(name: str, student, teacher, x, gt, **params):
 
 @pytest.mark.parametrize("name,params", [("vanilla", {}), ("attentive", {"schedule": "joint"}),
                                          ("similarity", {}), ("hint", {}), ("sckd", {}), ("rkd", {}),
-                                         ("pkt", {}), ("at", {})])
+                                         ("pkt", {}), ("at", {}), ("sckd", {"adaptor": "conv"}),
+                                         ("hint", {"layers": "layer2", "adaptor": "conv-bn"})])
 def test_gradients_reach_student_and_adaptors_never_teacher(nets, name, params):
     student, teacher = nets
     student.train()
@@ -415,7 +539,50 @@ def test_gradients_reach_student_and_adaptors_never_teacher(nets, name, params):
         assert p.grad is not None and p.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name,params", [("hint", {}), ("sckd", {}), ("attentive", {"schedule": "joint"})])
+def test_sckd_term_gradients_on_a_resnet34_to_resnet18_pair(nets):
+    """Per-term gradients on the student: the hint reaches layer4 unchanged (no adaptor at 512 = 512:
+    d(alpha MSE)/d f_s = 2 alpha (f_s - f_t) / N), and sigma * SC reaches only the layers up to layer2."""
+    student, teacher = nets
+    student.train()
+    x, gt = real_batch(3)
+    m = prepared("sckd", student, teacher, x, gt, alpha=7.0)
+    assert list(m.parameters()) == []
+    with torch.no_grad():
+        t_out = teacher(x, taps=m.teacher_taps())
+    grads = {}
+    for term in ("hint", "sc"):
+        student.zero_grad()
+        s_out = student(x, taps=m.student_taps())
+        s_out.features["layer4"].retain_grad()
+        m.loss(s_out, t_out, gt, ctx())[term].backward()
+        grads[term] = {"layer4_map": s_out.features["layer4"].grad,
+                       **{n: p.grad for n, p in student.named_parameters()}}
+        f_s, f_t = np_(s_out.features["layer4"]), np_(t_out.features["layer4"])
+        if term == "hint":
+            assert np.allclose(np_(grads[term]["layer4_map"]), 2 * 7.0 * (f_s - f_t) / f_s.size, atol=1e-9)
+    sc = grads["sc"]
+    assert sc["trunk.layer2.0.conv1.weight"].abs().sum() > 0 and sc["trunk.conv1.weight"].abs().sum() > 0
+    for name in ("trunk.layer3.0.conv1.weight", "trunk.layer4.0.conv1.weight", "fc_xyz.weight"):
+        assert sc[name] is None or sc[name].abs().sum() == 0, name
+    assert grads["hint"]["trunk.layer4.0.conv1.weight"].abs().sum() > 0 and grads["hint"]["fc_q.weight"] is None
+
+
+def test_embed_tap_is_taken_before_dropout():
+    """The embed feature is the head's hidden layer after ReLU and before Dropout: un-noised in training."""
+    torch.manual_seed(0)
+    net = PoseNet("resnet18", dropout=0.5).train()
+    x = torch.randn(2, 3, 32, 32)
+    a = net(x, taps=("pool", "embed"))
+    b = net(x, taps=("pool", "embed"))
+    expected = np.maximum(np_(a.features["pool"]) @ np_(net.head[0].weight).T + np_(net.head[0].bias), 0.0)
+    # BatchNorm in training mode gives the same output for the same batch; dropout differs per call.
+    assert np.allclose(np_(a.features["embed"]), expected, atol=1e-5)
+    assert torch.equal(a.features["embed"], b.features["embed"])
+    assert not torch.equal(a.xyz, b.xyz)  # dropout is still applied on the way to the pose
+
+
+@pytest.mark.parametrize("name,params", [("hint", {"adaptor": "conv-bn"}), ("sckd", {"adaptor": "conv"}),
+                                         ("attentive", {"schedule": "joint", "adaptor": "conv"})])
 def test_adaptors_train_and_persist_across_steps(nets, name, params):
     student, teacher = nets
     x, gt = real_batch(1)
@@ -423,6 +590,7 @@ def test_adaptors_train_and_persist_across_steps(nets, name, params):
     layer = m.student_taps()[-1]
     adaptor = m.adaptors[layer]
     before = [p.detach().clone() for p in adaptor.parameters()]
+    assert before
     opt = torch.optim.Adam(list(student.parameters()) + list(m.parameters()), lr=1e-3)
     for step in range(2):
         m.setup(student(x, taps=m.student_taps()), teacher(x, taps=m.teacher_taps()))  # idempotent
@@ -441,7 +609,7 @@ def test_adaptors_train_and_persist_across_steps(nets, name, params):
 @pytest.mark.parametrize("layer", ["stem", "layer2", "layer4", "pool", "embed"])
 def test_stage2_freezes_exactly_what_stage1_trained(nets, layer):
     student, _ = nets
-    m = create_method("attentive", {"hint_layer": layer})
+    m = create_method("attentive", {"hint_layer": layer, "stage2": "after-hint"})
     epochs = 10
     units = set(student_units(student))
     frozen1, frozen2 = set(m.frozen(student, 0, epochs)), set(m.frozen(student, epochs - 1, epochs))
@@ -457,16 +625,41 @@ def test_stage2_freezes_exactly_what_stage1_trained(nets, layer):
 
 def test_stage_lengths():
     m = create_method("attentive")
-    assert [m.stage1_epochs(e) for e in (1, 2, 5, 10, 12, 13, 500)] == [1, 1, 1, 2, 2, 3, 100]
+    assert [m.stage1_epochs(e) for e in (1, 2, 5, 10, 12, 13, 500)] == [0, 1, 1, 2, 2, 3, 100]
     assert [m.in_stage1(e, 10) for e in range(4)] == [True, True, False, False]
     assert create_method("attentive", {"schedule": "joint"}).frozen(PoseNet("resnet18"), 0, 10) == []
+    # stage 2 always gets at least one epoch, whatever the fraction
+    big = create_method("attentive", {"stage1": 0.99})
+    assert all(big.stage1_epochs(e) == e - 1 for e in range(2, 30))
+
+
+def test_stage2_trains_the_whole_student_by_default(nets):
+    """With the hint at layer4, the paper's stage 2 trains only the head; the default trains everything."""
+    student, _ = nets
+    default = create_method("attentive")
+    assert default.stage2 == "all"
+    assert default.frozen(student, 5, 10) == []
+    paper = create_method("attentive", {"stage2": "after-hint"})
+    assert set(paper.frozen(student, 5, 10)) == {u for u in student_units(student) if u.startswith("trunk.")}
+
+
+def test_one_epoch_skips_stage1_and_says_so(batch, nets):
+    """epochs = 1: stage 1 would take every epoch and the head would never train; it is skipped instead."""
+    s, t, gt = batch
+    m = attentive_ready(batch, 1.0)
+    with pytest.warns(UserWarning, match="epochs = 1 stage 1 .* is skipped"):
+        assert m.frozen(nets[0], 0, 1) == []
+    assert not m.in_stage1(0, 1)
+    assert set(m.loss(s, t, gt, ctx(0, 1))) == {"gt", "imitation"}
+    with pytest.warns(UserWarning):
+        assert create_method("attentive", {"stage2": "after-hint"}).frozen(nets[0], 0, 1) != []
 
 
 def test_frozen_modules_do_not_change_in_stage2(nets):
     """The runner's contract, emulated: frozen modules get requires_grad False and eval() for the epoch."""
     student, teacher = PoseNet("resnet18"), nets[1]
     x, gt = real_batch(2)
-    m = prepared("attentive", student, teacher, x, gt, hint_layer="layer2")
+    m = prepared("attentive", student, teacher, x, gt, hint_layer="layer2", stage2="after-hint")
     names = m.frozen(student, 5, 10)
     opt = torch.optim.Adam(list(student.parameters()) + list(m.parameters()), lr=1e-2)
     student.train()
@@ -501,7 +694,10 @@ def test_set_overrides_parse_with_types():
 
 
 @pytest.mark.parametrize("name,params,match", [
-    ("sckd", {"sigmaa": 1}, "valid: sigma, alpha, sc_layers, hint_layers, divergence"),
+    ("sckd", {"sigmaa": 1}, "valid: sigma, alpha, sc_layers, hint_layers, divergence, kl_reduction, "
+                            "zero_diagonal, sp_quat, adaptor"),
+    ("sckd", {"kl_reduction": "mean"}, "batchmean, sum"),
+    ("attentive", {"stage2": "head"}, "all, after-hint"),
     ("sckd", {"sigma": "lots"}, "not a valid float"),
     ("sckd", {"divergence": "js"}, "kl, mse"),
     ("hint", {"layers": "layer9"}, "unknown layer"),

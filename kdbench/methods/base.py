@@ -44,7 +44,8 @@ class HParam:
                 else:
                     raise ValueError(value)
             elif self.type == "layers":
-                items = value.split(",") if isinstance(value, str) else list(value)
+                # "," in --set sckd.sc_layers=2,3; "+" inside a --methods variant, where "," separates methods
+                items = value.replace("+", ",").split(",") if isinstance(value, str) else list(value)
                 out = tuple(SCKD_MODULE_NUMBERS.get(str(i).strip(), str(i).strip()) for i in items if str(i).strip())
                 bad = [i for i in out if i not in TAPS]
                 if bad:

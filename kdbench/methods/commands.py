@@ -9,9 +9,10 @@ from pathlib import Path
 
 from kdbench.methods.base import HParam, Method
 from kdbench.methods.registry import PLUGIN_MODULE_PREFIX, available_methods, load_plugin
+from kdbench.methods.variants import GROUPS
 
 WIDTH = 100
-HELP_COLUMN = 37  # 4 + name 12 + type 7 + default 11 + separators
+HELP_COLUMN = 39  # 4 + name 14 + type 7 + default 11 + separators
 
 
 def format_value(value: object) -> str:
@@ -27,9 +28,9 @@ def format_hparam(key: str, hp: HParam) -> list[str]:
     """One hyperparameter: name, type, default, then its help wrapped under it."""
     help_text = hp.help + (f" [{' | '.join(hp.choices)}]" if hp.choices else "")
     default = format_value(hp.default)
-    head = f"    {key:<12} {hp.type:<7} {default:<11} "
+    head = f"    {key:<14} {hp.type:<7} {default:<11} "
     indent = " " * HELP_COLUMN
-    body = textwrap.wrap(help_text, WIDTH - HELP_COLUMN) or [""]
+    body = textwrap.wrap(help_text, WIDTH - HELP_COLUMN, break_on_hyphens=False) or [""]
     if len(head) > HELP_COLUMN:  # a long default (a layer list) gets its own line; the help goes under it
         return [head.rstrip()] + [indent + line for line in body]
     return [head + body[0]] + [indent + line for line in body[1:]]
@@ -55,7 +56,7 @@ def format_method(name: str, cls: type[Method]) -> list[str]:
     lines += textwrap.wrap(cls.description or "(no description)", WIDTH, initial_indent="  ",
                            subsequent_indent="  ")
     if cls.hparams:
-        lines += [f"    {'name':<12} {'type':<7} {'default':<11} help"]
+        lines += [f"    {'name':<14} {'type':<7} {'default':<11} help"]
         for key, hp in cls.hparams.items():
             lines += format_hparam(key, hp)
     else:
@@ -66,7 +67,12 @@ def format_method(name: str, cls: type[Method]) -> list[str]:
 def methods_text() -> str:
     """The whole listing, built-ins first in registration order, then plugins."""
     blocks = ["\n".join(format_method(n, c)) for n, c in available_methods().items()]
-    footer = "Override with --set METHOD.KEY=VALUE, e.g. --set sckd.sigma=50 --set sckd.sc_layers=3,4"
+    groups = "\n".join(f"  {g:<10} {', '.join(items)}" for g, items in
+                       [("all", ("every method above, defaults",)), *GROUPS.items()])
+    footer = ("Override with --set METHOD.KEY=VALUE, e.g. --set sckd.sigma=50 --set sckd.sc_layers=3,4\n"
+              "Variants are rows of their own: kdbench run --methods baseline,sckd,sckd:sigma=0,sckd:alpha=0\n"
+              "  (NAME:KEY=VALUE[:KEY=VALUE...]; list values joined with +, e.g. sckd:sc_layers=layer2+layer3)\n"
+              "Groups for --methods:\n" + groups)
     return "\n\n".join(blocks + [footer])
 
 

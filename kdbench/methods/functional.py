@@ -41,11 +41,31 @@ def pose_vector(gt: GroundTruth) -> torch.Tensor:
     return torch.cat([gt.xyz, gt.q], dim=1)
 
 
+def _zero_diagonal(s: torch.Tensor) -> torch.Tensor:
+    return s.masked_fill(torch.eye(len(s), dtype=torch.bool, device=s.device), 0.0)
+
+
 @full_precision
-def cosine_self_similarity(a: torch.Tensor) -> torch.Tensor:
-    """b x b matrix of cosines between the rows of `a` (flattened per sample)."""
+def cosine_self_similarity(a: torch.Tensor, zero_diagonal: bool = False) -> torch.Tensor:
+    """b x b matrix of cosines between the rows of `a` (flattened per sample); optionally 0 on the diagonal
+    (torchmetrics' pairwise_cosine_similarity(x), which SCKD calls, zeroes it by default)."""
     a = F.normalize(flat(a), dim=1)
-    return a @ a.t()
+    s = a @ a.t()
+    return _zero_diagonal(s) if zero_diagonal else s
+
+
+@full_precision
+def pose_self_similarity(xyz: torch.Tensor, q: torch.Tensor, quat: str = "canonical",
+                         zero_diagonal: bool = False) -> torch.Tensor:
+    """SCKD's S_P: b x b cosines between the 7-d poses (xyz, q).
+
+    quat="canonical" takes q as given (unit, w >= 0); "nearest" flips q_j to the sign nearer q_i for
+    each pair, so that S_P does not depend on which of q and -q stands for a rotation.
+    """
+    n = torch.cat([xyz, q], dim=1).norm(dim=1).clamp(min=1e-12)
+    qq = q @ q.t()
+    s = (xyz @ xyz.t() + (qq.abs() if quat == "nearest" else qq)) / (n.unsqueeze(1) * n.unsqueeze(0))
+    return _zero_diagonal(s) if zero_diagonal else s
 
 
 @full_precision
@@ -58,19 +78,30 @@ def similarity_preserving(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
 
 
 @full_precision
-def self_cross_similarity(f: torch.Tensor, s_p: torch.Tensor) -> torch.Tensor:
+def self_cross_similarity(f: torch.Tensor, s_p: torch.Tensor, zero_diagonal: bool = False) -> torch.Tensor:
     """SCKD's c (b,): cosine between row i of the features' self-similarity and row i of the poses'."""
-    return F.cosine_similarity(cosine_self_similarity(f), s_p, dim=1)
+    return F.cosine_similarity(cosine_self_similarity(f, zero_diagonal), s_p, dim=1)
+
+
+KL_REDUCTIONS = ("batchmean", "sum")
 
 
 @full_precision
-def sc_divergence(c_s: torch.Tensor, c_t: torch.Tensor, divergence: str) -> torch.Tensor:
-    """KL(softmax(c_t) || softmax(c_s)) (teacher is the target), or MSE(c_s, c_t)."""
+def sc_divergence(c_s: torch.Tensor, c_t: torch.Tensor, divergence: str,
+                  reduction: str = "batchmean") -> torch.Tensor:
+    """KL(softmax(c_t) || softmax(c_s)) (teacher is the target), or MSE(c_s, c_t).
+
+    c is one vector of b entries per batch; the softmax runs over the batch. reduction "sum" is the KL of
+    those two distributions; "batchmean" divides it by b, which is what torch's kl_div(..., "batchmean")
+    does to a 1-d input, as SCKD's code calls it.
+    """
     if divergence == "mse":
         return F.mse_loss(c_s, c_t)
+    if reduction not in KL_REDUCTIONS:
+        raise ValueError(f"KL reduction must be one of {KL_REDUCTIONS}, got {reduction!r}")
     # kl_div(input, target) computes sum target * (log target - input): input is the student's log-probs.
-    # c is one vector per batch, so the sum over its b entries is the whole divergence (no batch mean).
-    return F.kl_div(F.log_softmax(c_s, dim=0), F.log_softmax(c_t, dim=0), log_target=True, reduction="sum")
+    kl = F.kl_div(F.log_softmax(c_s, dim=0), F.log_softmax(c_t, dim=0), log_target=True, reduction="sum")
+    return kl / c_s.shape[0] if reduction == "batchmean" else kl
 
 
 def _pairwise_distances(e: torch.Tensor) -> torch.Tensor:

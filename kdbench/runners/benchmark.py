@@ -64,7 +64,7 @@ def ensure_scenes(specs: list[SceneSpec], data_root: str | os.PathLike | None, l
 
 def _job_row(job: Job, status: str, env_id: int) -> dict[str, Any]:
     c = job.cfg
-    return {"id": job.id, "kind": job.kind, "scene": c.scene, "method": c.method, "arch": c.arch,
+    return {"id": job.id, "kind": job.kind, "scene": c.scene, "method": job.method, "arch": c.arch,
             "teacher_arch": c.teacher_arch, "teacher_id": job.teacher_id, "seed": c.seed, "preset": c.preset,
             "params": c.method_params, "config": c.to_dict(), "status": status, "run_dir": job.run_dir,
             "env_id": env_id}

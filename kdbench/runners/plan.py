@@ -7,10 +7,11 @@ from typing import Any
 
 from kdbench.config import TrainConfig, make_config
 from kdbench.errors import KdbenchError
-from kdbench.methods import available_methods, get_method, resolved_params
+from kdbench.methods import get_method
+from kdbench.methods.variants import BUILTIN_ORDER, expand_methods, resolve_methods
 from kdbench.scenes.catalog import SceneSpec
 
-BUILTIN_ORDER = ("baseline", "vanilla", "attentive", "similarity", "hint", "sckd")
+__all__ = ["BUILTIN_ORDER", "Job", "make_plan", "parse_methods", "parse_seeds"]
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,14 @@ class Job:
     kind: str  # "teacher" | "student"
     cfg: TrainConfig
     teacher_id: str | None = None
+    # The leaderboard row of a method variant (e.g. "sckd:alpha=0"); not part of the id: equal work is
+    # one job whatever it is called. Empty: the method's name.
+    method_label: str = ""
+
+    @property
+    def method(self) -> str:
+        """What the store's `method` column and the leaderboard show: the variant label or the method."""
+        return self.method_label or self.cfg.method
 
     @property
     def id(self) -> str:
@@ -33,20 +42,12 @@ class Job:
 
     @property
     def label(self) -> str:
-        return f"{self.kind} {self.cfg.arch} {self.cfg.method} on {self.cfg.scene} (seed {self.cfg.seed})"
+        return f"{self.kind} {self.cfg.arch} {self.method} on {self.cfg.scene} (seed {self.cfg.seed})"
 
 
 def parse_methods(arg: str | list[str]) -> list[str]:
-    """`all` or a comma-separated list of registered methods, in a stable order."""
-    names = arg.split(",") if isinstance(arg, str) else list(arg)
-    names = [n.strip() for n in names if n.strip()]
-    registered = available_methods()
-    if names == ["all"] or not names:
-        rest = sorted(n for n in registered if n not in BUILTIN_ORDER)
-        return [n for n in BUILTIN_ORDER if n in registered] + rest
-    for n in names:
-        get_method(n)  # raises with the list of valid names
-    return list(dict.fromkeys(names))
+    """Method items (names, variants NAME:KEY=VALUE, groups all / ablations), canonical and deduplicated."""
+    return expand_methods(arg)
 
 
 def parse_seeds(arg: str | int | list[int]) -> list[int]:
@@ -70,28 +71,26 @@ def parse_seeds(arg: str | int | list[int]) -> list[int]:
 def make_plan(methods: list[str], scenes: list[SceneSpec], seeds: list[int], teacher_arch: str = "resnet34",
               student_arch: str = "resnet18", preset: str = "quick",
               method_params: dict[str, dict[str, Any]] | None = None, **overrides: Any) -> list[Job]:
-    """Jobs in dependency order: per scene and seed, the teacher first, then one student per method."""
-    method_params = method_params or {}
-    unknown = sorted(set(method_params) - set(methods))
-    if unknown:
-        raise KdbenchError(f"--set names method(s) {', '.join(unknown)} that this run does not include "
-                           f"(methods: {', '.join(methods)})")
-    params = {m: resolved_params(m, method_params.get(m)) for m in methods}  # validates every --set early
+    """Jobs in dependency order: per scene and seed, the teacher first, then one student per method item.
+
+    `methods` are items as parse_methods returns them; `method_params` (--set) is the base of every item
+    of that method, a variant's own keys win.
+    """
+    variants = resolve_methods(methods, method_params)  # validates every --set and variant early
     jobs: list[Job] = []
     for spec in scenes:
         for seed in seeds:
             teacher = Job("teacher", make_config(spec.name, teacher_arch, preset, role="teacher", seed=seed,
                                                  **_for_arch(overrides, teacher_arch)))
-            needs = [m for m in methods if get_method(m).needs_teacher]
-            if needs:
+            if any(get_method(v.name).needs_teacher for v in variants):
                 jobs.append(teacher)
-            for m in methods:
-                uses_teacher = get_method(m).needs_teacher
-                cfg = make_config(spec.name, student_arch, preset, role="student", seed=seed, method=m,
-                                  method_params=params[m], teacher_hash=teacher.id if uses_teacher else None,
+            for v in variants:
+                uses_teacher = get_method(v.name).needs_teacher
+                cfg = make_config(spec.name, student_arch, preset, role="student", seed=seed, method=v.name,
+                                  method_params=v.params, teacher_hash=teacher.id if uses_teacher else None,
                                   teacher_arch=teacher_arch if uses_teacher else None,
                                   **_for_arch(overrides, student_arch))
-                jobs.append(Job("student", cfg, teacher.id if uses_teacher else None))
+                jobs.append(Job("student", cfg, teacher.id if uses_teacher else None, v.label))
     return jobs
 
 
