@@ -23,6 +23,7 @@ from typing import Any
 
 from kdbench.errors import KdbenchError
 from kdbench.methods.registry import available_methods, get_method, resolved_params
+from kdbench.models import TAPS
 
 # The order `all` lists built-ins in (the rest, plugins included, follow sorted by name).
 BUILTIN_ORDER = ("baseline", "vanilla", "attentive", "similarity", "hint", "sckd")
@@ -90,7 +91,13 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
         out[key] = value
     if not name:
         raise KdbenchError(f"--methods item {text!r}: no method name; syntax: {SYNTAX}")
-    get_method(name)  # unknown names list the registered ones
+    try:
+        get_method(name)  # unknown names list the registered ones
+    except KdbenchError as exc:
+        if name in TAPS or name.isdigit():  # `sckd:sc_layers=layer2,layer3` split at the comma
+            raise KdbenchError(f"{exc}; {name!r} looks like a layer: join list values with +, "
+                               f"e.g. sckd:sc_layers=layer2+layer3") from None
+        raise
     return name, out
 
 
