@@ -19,6 +19,8 @@ from collections.abc import Callable
 import torch
 
 from kdbench.methods import GroundTruth, LossContext, PoseLoss, available_methods, create_method
+from kdbench.methods.variants import expand_methods as parse_methods
+from kdbench.methods.variants import resolve
 from kdbench.models import PoseNet
 
 TARGET = 1.10  # no method should cost more than 10% over baseline step + teacher forward
@@ -63,15 +65,18 @@ def run(args: argparse.Namespace) -> list[tuple[str, float, float, float]]:
     pose_loss = PoseLoss(500.0)
     names = [n for n in available_methods() if n != "baseline"]
     if args.methods != "all":
-        names = args.methods.split(",")
+        names = parse_methods(args.methods)  # names, variants (sckd:adaptor=conv-bn) and groups
     configs: dict[str, Callable[[], None]] = {
         "baseline (no teacher)": make_step("baseline", {}, student, teacher, x, gt, pose_loss),
         "reference: baseline + teacher fwd": make_step(None, {}, student, teacher, x, gt, pose_loss),
     }
-    for name in names:
-        params = {"schedule": "joint"} if name == "attentive" else {}  # joint: both stages' work in one step
-        label = f"{name} (joint)" if params else name
-        configs[label] = make_step(name, params, student, teacher, x, gt, pose_loss)
+    for item in names:
+        v = resolve(item)
+        params = dict(v.params)
+        label = v.label
+        if v.name == "attentive" and params["schedule"] == "two-stage":  # joint: both stages' work in one step
+            params["schedule"], label = "joint", f"{v.label} (joint)"
+        configs[label] = make_step(v.name, params, student, teacher, x, gt, pose_loss)
     times: dict[str, list[float]] = {k: [] for k in configs}
     labels = list(configs)
     for r in range(args.warmup + args.steps):
@@ -98,7 +103,8 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=15, help="timed rounds (each runs every configuration once)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    p.add_argument("--methods", default="all", help="all, or a comma-separated list")
+    p.add_argument("--methods", default="all", help="all, or comma-separated methods and variants "
+                   "(NAME:KEY=VALUE, e.g. sckd:adaptor=conv-bn)")
     args = p.parse_args()
     rows = run(args)
     print(f"{args.student} student, {args.teacher} teacher, {args.crop} px, batch {args.batch}, "
