@@ -1,13 +1,14 @@
 """Gradient norm on the student trunk of each sckd term (gt, sigma * SC, alpha * hint), per adaptor.
 
     python benchmarks/bench_grad_shares.py                  # 30 teacher epochs on a 96-frame render
-    python benchmarks/bench_grad_shares.py --teacher-epochs 5 --frames 8
+    python benchmarks/bench_grad_shares.py --teacher-epochs 5 --frames 8 --student-epochs 0,3
 
 Setting: a tiny SynthRoom render (4 training sequences x --frames frames, --size px), quick-preset
 sizes (load 64, crop 56, batch 32, from scratch), a resnet34 teacher trained briefly with kdbench's own
-training loop (--teacher-epochs; quality is modest, but its features are no longer random), and a fresh
-resnet18 student as at the start of KD training. On the first training batch, each term is backpropagated
-alone and the L2 norm of the gradient over all student trunk parameters is reported.
+training loop (--teacher-epochs; quality is modest, but its features are no longer random), and a resnet18
+student, fresh as at the start of KD training (0) and after baseline training for each further count in
+--student-epochs. On the first training batch, each term is backpropagated alone and the L2 norm of the
+gradient over all student trunk parameters is reported.
 
 Rows: `pre-fix` is sckd as kdbench had it before issue 11 (adaptor 1x1 conv + BatchNorm without ReLU,
 S_F/S_P diagonal kept at 1, KL summed over the batch); `conv-bn` and `auto` are today's method with that
@@ -79,6 +80,8 @@ def main() -> None:
     ap.add_argument("--teacher-epochs", type=int, default=30)
     ap.add_argument("--frames", type=int, default=24, help="frames per sequence (4 training sequences)")
     ap.add_argument("--size", default="80x60", help="render size WxH")
+    ap.add_argument("--student-epochs", default="0,12", help="comma-separated: measure the student fresh (0) "
+                    "and after that many epochs of baseline training")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -98,18 +101,26 @@ def main() -> None:
         ds = PoseDataset(cache, s_cfg.crop_size, train=True, normalize=s_cfg.normalize, seed=args.seed)
         x, pose = next(ds.batches(min(s_cfg.batch_size, len(ds)), shuffle=True, epoch=0, drop_last=True))
         gt = GroundTruth(pose[:, :3], pose[:, 3:])
-        torch.manual_seed(args.seed)
-        student0 = PoseNet("resnet18", head_init=s_cfg.head_init)
         pose_loss = PoseLoss(s_cfg.beta, form=s_cfg.pose_loss)
-        rows = []
-        for name, params in ROWS.items():
-            torch.manual_seed(args.seed)  # the same adaptor weights in the rows that have one
-            rows.append(measure(name, params, student0, teacher, x, gt, pose_loss, args.seed))
-    print(f"sckd on one {SCENE} batch of {len(x)} (crop {s_cfg.crop_size}): resnet34 teacher after "
-          f"{args.teacher_epochs} epochs on {len(ds)} frames (test median {res.metrics['median_t']:.3g} m, "
-          f"{res.metrics['median_r']:.3g} deg), fresh resnet18 student; sigma = alpha = 100")
-    print(tabulate(rows, headers=["sckd", "|grad| gt", "|grad| sigma*SC", "|grad| alpha*hint", "hint share",
-                                  "gt", "sigma*SC", "alpha*hint"], floatfmt=".3g"))
+        tables = []
+        for n in (int(v) for v in args.student_epochs.split(",")):
+            torch.manual_seed(args.seed)
+            student0 = PoseNet("resnet18", head_init=s_cfg.head_init)
+            if n > 0:
+                b_cfg = s_cfg.replace(method="baseline", method_params={}, epochs=n)
+                student0, _ = load_model(train(b_cfg, root, root / f"student-{n}", device="cpu").checkpoint)
+            rows = []
+            for name, params in ROWS.items():
+                torch.manual_seed(args.seed)  # the same adaptor weights in the rows that have one
+                rows.append(measure(name, params, student0, teacher, x, gt, pose_loss, args.seed))
+            tables.append((n, rows))
+    print(f"sckd on one {SCENE} batch of {len(x)} (crop {s_cfg.crop_size}, {s_cfg.pose_loss}-form pose loss, "
+          f"beta {s_cfg.beta:g}): resnet34 teacher after {args.teacher_epochs} epochs on {len(ds)} frames "
+          f"(test median {res.metrics['median_t']:.3g} m, {res.metrics['median_r']:.3g} deg); sigma = alpha = 100")
+    for n, rows in tables:
+        print(f"\nresnet18 student {'fresh' if n == 0 else f'after {n} epochs of baseline training'}:")
+        print(tabulate(rows, headers=["sckd", "|grad| gt", "|grad| sigma*SC", "|grad| alpha*hint", "hint share",
+                                      "gt", "sigma*SC", "alpha*hint"], floatfmt=".3g"))
 
 
 if __name__ == "__main__":
