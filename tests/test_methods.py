@@ -728,7 +728,11 @@ def test_methods_command_lists_builtins_with_defaults(capsys):
     assert heads[:len(BUILTINS)] == list(BUILTINS)
     block = out.split("\nsckd ")[1].split("\n\n")[0]
     for key, default in [("sigma", "100.0"), ("alpha", "100.0"), ("sc_layers", "layer2"),
-                         ("hint_layers", "layer4"), ("divergence", "kl")]:
+                         ("hint_layers", "layer4"), ("divergence", "kl"), ("kl_reduction", "batchmean"),
+                         ("zero_diagonal", "true"), ("sp_quat", "canonical"), ("adaptor", "auto")]:
         assert any(line.split()[:1] == [key] and default in line.split() for line in block.splitlines()), key
+    attentive = out.split("\nattentive ")[1].split("\n\n")[0]
+    assert any(line.split()[:3] == ["stage2", "str", "all"] for line in attentive.splitlines())
+    assert "[all | after-hint]" in " ".join(attentive.split()) and "[auto | identity | conv | conv-bn]" in block
     assert "3000.0" in out and "two-stage" in out
     assert max(len(line) for line in out.splitlines()) <= 100
