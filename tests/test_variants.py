@@ -94,3 +94,12 @@ def test_help_and_methods_listing_explain_variants(capsys):
     out = capsys.readouterr().out
     assert "ablations  sckd, sckd:sigma=0, sckd:alpha=0" in out
     assert "--methods baseline,sckd,sckd:sigma=0,sckd:alpha=0" in out
+
+
+def test_dry_run_lists_variant_rows(tmp_path, capsys):
+    args = ["run", "--methods", "baseline,ablations", "--scenes", "SynthRoom", "--dry-run", "--runs-dir",
+            str(tmp_path / "runs"), "--data-root", str(tmp_path / "data"), *TINY_ARGS]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert all(f" {label} " in out for label in ("sckd", "sckd:sigma=0", "sckd:alpha=0"))
+    assert not (tmp_path / "runs").exists()

@@ -195,4 +195,4 @@ def run_benchmark(methods: str | list[str] = "all", scenes: str | list[str] = "s
 
 def _short_label(job: Job) -> str:
     c = job.cfg
-    return f"{c.arch} {'teacher' if job.kind == 'teacher' else c.method} {c.scene} s{c.seed}"
+    return f"{c.arch} {'teacher' if job.kind == 'teacher' else job.method} {c.scene} s{c.seed}"
