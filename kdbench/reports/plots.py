@@ -37,6 +37,15 @@ def _figure(**kwargs: Any):
     return Figure(**kwargs)
 
 
+def _posthocs():
+    try:
+        import scikit_posthocs
+    except ImportError:
+        raise KdbenchError("critical-difference diagrams need scikit-posthocs: pip install 'kdbench[plots]' "
+                           "(or pip install scikit-posthocs)") from None
+    return scikit_posthocs
+
+
 def _warn(message: str) -> None:
     print(f"kdbench: plots: {message}", file=sys.stderr)
 
@@ -142,11 +151,7 @@ def cd_diagram(df: pd.DataFrame, group: str, arch: str, metric: str, path: Path)
     """Critical-difference diagram of the students of one group and architecture: mean rank over the
     complete (scene, seed) blocks, bars joining rows the Nemenyi post-hoc test (scikit-posthocs) cannot tell
     apart at 0.05; None when there are fewer than 3 rows or 2 blocks."""
-    try:
-        import scikit_posthocs as sp
-    except ImportError:
-        raise KdbenchError("critical-difference diagrams need scikit-posthocs: pip install 'kdbench[plots]' "
-                           "(or pip install scikit-posthocs)") from None
+    sp = _posthocs()
     from scipy.stats import friedmanchisquare, studentized_range
 
     wide, left_out = stats.block_matrix(df, group, arch, metric)
@@ -225,7 +230,8 @@ def tradeoff_points(acc: pd.DataFrame, eff: pd.DataFrame, group: str) -> tuple[p
 def write_plots(df: pd.DataFrame, profiles: pd.DataFrame, out_dir: str | os.PathLike,
                 runs_dir: str | os.PathLike = "runs") -> list[Path]:
     """Write every figure the data allows into `out_dir` (PNG); returns the paths written."""
-    _figure()  # fail early, before any work, when matplotlib is missing
+    _figure()  # fail early, before any work, when matplotlib or scikit-posthocs is missing
+    _posthocs()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jobs = shown_jobs(df)
