@@ -175,9 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs", help="runs folder holding results.sqlite")
     p.add_argument("--scenes", default=None, help="restrict to these scenes or groups")
     p.add_argument("--preset", default=None, help="show this preset's results (default: the latest run's)")
-    p.add_argument("--format", default="markdown", choices=["markdown", "terminal", "csv", "json"],
-                   help="output format")
-    p.add_argument("--out", default=None, help="write to FILE instead of standard output")
+    p.add_argument("--format", default="markdown", choices=["markdown", "terminal", "csv", "json", "html"],
+                   help="output format (html: a self-contained page in the --out folder)")
+    p.add_argument("--out", default=None, help="write to FILE instead of standard output (html: a folder, "
+                   "default site/)")
     p.add_argument("--plots", default=None, metavar="DIR",
                    help="also write plots there: error CDFs, critical-difference diagrams (needs the plots extra)")
     p.add_argument("--table", default="accuracy", choices=["accuracy", "efficiency", "significance"],
@@ -195,6 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs", help="record results in this results store")
     p.add_argument("--out", default=None, metavar="FILE", help="also write the rows as JSON (for kdbench import)")
     p.add_argument("--no-store", action="store_true", help="do not record in the results store")
+    p.add_argument("--force", action="store_true", help="record latencies even when other work on the machine "
+                   "disturbed them (flagged in the note)")
+
+    p = sub.add_parser("export", help="trained models (checkpoint, run folder or job id) to ONNX, parity-checked")
+    p.add_argument("target", nargs="?", default=None, help="a checkpoint.pt, a run folder, or a job id in the store")
+    p.add_argument("--all-students", action="store_true", help="export every student the leaderboard shows")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--out", default=None, help="FILE.onnx, or a folder (default onnx/)")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--scenes", default=None, help="with --all-students: only these scenes or groups")
+    p.add_argument("--preset", default=None, help="with --all-students: this preset's (default: the latest run's)")
+    p.add_argument("--batch", type=int, default=1, help="batch size of the exported model's input")
 
     p = sub.add_parser("import", help="merge profile rows (JSON from `kdbench profile --out`) into a store")
     p.add_argument("file", help="JSON file written by `kdbench profile --out`")
@@ -213,6 +226,7 @@ _HANDLERS = {
     "report": ("kdbench.reports.commands", "cmd_report"),
     "import": ("kdbench.reports.commands", "cmd_import"),
     "profile": ("kdbench.profile", "cmd_profile"),
+    "export": ("kdbench.export", "cmd_export"),
 }
 
 

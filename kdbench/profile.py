@@ -23,6 +23,7 @@ from torch import nn
 
 from kdbench.errors import KdbenchError
 from kdbench.hardware import cpu_name, device_label
+from kdbench.interference import Watch
 from kdbench.models import PoseNet, check_arch
 from kdbench.profile_onnx import (
     META_ARCH,
@@ -32,6 +33,7 @@ from kdbench.profile_onnx import (
     emit_rows,
     input_shape,
     make_row,
+    mark_interference,
     measure_latency,
     ort_latency,
     ort_providers,
@@ -130,8 +132,12 @@ def torch_latency(model: nn.Module, device: str, batch: int, crop: int, runs: in
         return measure_latency(lambda: model(x), runs, sync=sync)
 
 
-def export_onnx(model: PoseNet, path: str | os.PathLike, batch: int = 1, crop: int = 224) -> Path:
-    """Export PoseNet (outputs xyz, q; input 'image' of static shape) to one self-contained .onnx file."""
+def export_onnx(model: PoseNet, path: str | os.PathLike, batch: int = 1, crop: int = 224,
+                metadata: dict[str, str] | None = None) -> Path:
+    """Export PoseNet (outputs xyz, q; input 'image' of static shape) to one self-contained .onnx file.
+
+    `metadata` adds string properties to the file (kdbench.arch and kdbench.crop are always written).
+    """
     import onnx
 
     path = Path(path)
@@ -148,7 +154,7 @@ def export_onnx(model: PoseNet, path: str | os.PathLike, batch: int = 1, crop: i
         raise KdbenchError(f"ONNX export of {model.arch} to {path} failed ({type(exc).__name__}: {exc}); "
                            f"try `pip install onnxscript` or another torch version") from None
     proto = onnx.load(str(path))
-    for key, value in ((META_ARCH, model.arch), (META_CROP, str(crop))):
+    for key, value in {META_ARCH: model.arch, META_CROP: str(crop), **(metadata or {})}.items():
         proto.metadata_props.add(key=key, value=value)
     onnx.save(proto, str(path))
     return path
@@ -187,11 +193,16 @@ def profile_arch(arch: str, backends: tuple[str, ...] = BACKENDS, device: str = 
             onnx_path = export_onnx(model, Path(export_dir or tmp) / f"posenet-{arch}-b{batch}-c{crop}.onnx",
                                     batch, crop)
             diff = check_onnx_parity(model, onnx_path, batch, crop)
+            if export_dir:
+                print(f"wrote {onnx_path} ({arch} with random weights, input {batch}x3x{crop}x{crop}; "
+                      f"max |torch - onnxruntime| {diff:.1e})")
         if "torch" in backends:
-            median, p90 = torch_latency(model, device, batch, crop, runs)
-            rows.append(make_row(**common, backend="torch", device=torch_device_name(device),
-                                 file_mb=state_dict_mib(model), latency_median_ms=median, latency_p90_ms=p90,
-                                 note=f"fp32, torch {torch.__version__}, {torch.get_num_threads()} threads"))
+            with Watch() as watch:
+                median, p90 = torch_latency(model, device, batch, crop, runs)
+            row = make_row(**common, backend="torch", device=torch_device_name(device),
+                           file_mb=state_dict_mib(model), latency_median_ms=median, latency_p90_ms=p90,
+                           note=f"fp32, torch {torch.__version__}, {torch.get_num_threads()} threads")
+            rows.append(mark_interference(row, watch.verdict(median, p90)))
         if "onnxruntime" in backends:
             rows.append(_ort_row(common, onnx_path, device, diff))
     return rows
@@ -203,12 +214,14 @@ def _ort_row(common: dict[str, Any], onnx_path: Path, device: str, diff: float) 
     providers, kind = ort_providers(device)
     session = ort_session(onnx_path, providers)
     name, shape = input_shape(session, common["batch"], common["crop"])
-    median, p90 = ort_latency(session, name, shape, common["runs"])
+    with Watch() as watch:
+        median, p90 = ort_latency(session, name, shape, common["runs"])
     dev = torch_device_name(kind)
-    return make_row(**common, backend="onnxruntime", device=dev, file_mb=onnx_path.stat().st_size / MIB,
-                    latency_median_ms=median, latency_p90_ms=p90,
-                    note=f"fp32, onnxruntime {onnxruntime.__version__} {providers[0]}, "
-                         f"max abs diff from torch {diff:.1e}")
+    row = make_row(**common, backend="onnxruntime", device=dev, file_mb=onnx_path.stat().st_size / MIB,
+                   latency_median_ms=median, latency_p90_ms=p90,
+                   note=f"fp32, onnxruntime {onnxruntime.__version__} {providers[0]}, "
+                        f"max abs diff from torch {diff:.1e}")
+    return mark_interference(row, watch.verdict(median, p90))
 
 
 # estimates for a device that is not here ---------------------------------------------------------------------

@@ -20,6 +20,7 @@ import numpy as np
 
 from kdbench.errors import KdbenchError
 from kdbench.hardware import cpu_name, device_label, gpu_name_without_torch
+from kdbench.interference import Watch
 
 MIB = 2**20  # sizes are in MiB (2^20 bytes), the unit torchvision's model tables call "MB"
 MIN_RUNS = 50
@@ -155,15 +156,48 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
         if r.get("note"):
             note = f"(estimated: {r['note']})" if r.get("estimated") else r["note"]
             print(f"  {r['arch']} / {r['backend']}: {note}")
+        if r.get("interference"):
+            print(f"  {r['arch']} / {r['backend']}: disturbed measurement: {r['interference']}")
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def mark_interference(row: dict[str, Any], verdict) -> dict[str, Any]:
+    """Attach a disturbed measurement's verdict to its row (emit_rows refuses or flags it)."""
+    if verdict.disturbed:
+        row["interference"] = verdict.text()
+    return row
+
+
+def guard_interference(rows: list[dict[str, Any]], force: bool) -> list[dict[str, Any]]:
+    """Rows fit to record: a disturbed one stops the command, or with --force is kept with a flagged note."""
+    from kdbench.interference import MARK
+
+    disturbed = [r for r in rows if r.get("interference")]
+    if disturbed and not force:
+        what = "; ".join(f"{r['arch']} / {r['backend']}: {r['interference']}" for r in disturbed)
+        raise KdbenchError(f"the machine was busy while measuring ({what}); nothing was recorded. Measure "
+                           f"again on a quiet machine, or pass --force to record it flagged as disturbed")
+    out = []
+    for r in rows:
+        r = dict(r)
+        reason = r.pop("interference", None)
+        if reason:
+            r["note"] = f"{MARK} ({reason}), kept with --force" + (f"; {r['note']}" if r.get("note") else "")
+        out.append(r)
+    return out
+
+
 def emit_rows(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    """Print the rows, write them as JSON with --out, and record them in the store unless --no-store."""
+    """Print the rows, write them as JSON with --out, and record them in the store unless --no-store.
+
+    A measurement disturbed by other work on the machine (kdbench/interference.py) is printed but not
+    recorded anywhere unless --force.
+    """
     print_rows(rows)
+    rows = guard_interference(rows, getattr(args, "force", False))
     if getattr(args, "out", None):
         from kdbench.fileio import write_json_atomic
 
@@ -193,21 +227,24 @@ def profile_onnx_file(path: str | os.PathLike, device: str = "cpu", batch: int =
     """Measure one ONNX file with onnxruntime: params, sizes, latency; FLOPs stay empty (they need torch)."""
     path = Path(path)
     if not path.is_file():
-        raise KdbenchError(f"ONNX file {path} does not exist: export one with `kdbench profile --export DIR`")
+        raise KdbenchError(f"ONNX file {path} does not exist: export a trained model with `kdbench export`, or "
+                           f"random weights with `kdbench profile --export DIR`")
     check_runs(runs)
     facts = onnx_facts(path)
     providers, kind = ort_providers(device)
     session = ort_session(path, providers)
     name, shape = input_shape(session, batch, crop)
-    median, p90 = ort_latency(session, name, shape, runs)
+    with Watch() as watch:
+        median, p90 = ort_latency(session, name, shape, runs)
     dev = gpu_name_without_torch() if kind == "cuda" else cpu_name()
     crop_hw = shape[-1] if len(shape) == 4 else None
-    return make_row(arch=facts["arch"] or path.stem, backend="onnxruntime", device=device_label(dev, kind),
-                    batch=shape[0], crop=crop_hw, params=facts["params"], size_mb=facts["params"] * 4 / MIB,
-                    file_mb=onnx_file_bytes(path) / MIB, latency_median_ms=median, latency_p90_ms=p90,
-                    runs=runs,
-                    note=f"{path.name}, input {shape}: params from ONNX initializers (BatchNorm may be "
-                         f"folded away); FLOPs need torch, left empty")
+    row = make_row(arch=facts["arch"] or path.stem, backend="onnxruntime", device=device_label(dev, kind),
+                   batch=shape[0], crop=crop_hw, params=facts["params"], size_mb=facts["params"] * 4 / MIB,
+                   file_mb=onnx_file_bytes(path) / MIB, latency_median_ms=median, latency_p90_ms=p90,
+                   runs=runs,
+                   note=f"{path.name}, input {shape}: params from ONNX initializers (BatchNorm may be "
+                        f"folded away); FLOPs need torch, left empty")
+    return mark_interference(row, watch.verdict(median, p90))
 
 
 def cmd_profile_onnx(args: argparse.Namespace) -> int:

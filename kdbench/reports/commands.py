@@ -27,7 +27,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     df = leaderboard.load_results(args.runs_dir, args.scenes, args.preset)
     profiles = leaderboard.load_profiles(args.runs_dir)
-    if args.format == "terminal" and not args.out:
+    if args.format == "html":  # a folder: index.html with the plots inside (--out default site/)
+        from kdbench.reports.html import write_site
+
+        print(f"wrote {write_site(df, profiles, args.out or 'site', runs_dir=args.runs_dir)}", file=sys.stderr)
+    elif args.format == "terminal" and not args.out:
         _print_terminal(df, profiles)
     else:
         text = leaderboard.render(df, profiles, args.format, table=getattr(args, "table", "accuracy"))
