@@ -167,7 +167,8 @@ def export_checkpoint(source: Source, out: str | os.PathLike, batch: int = 1) ->
         raise KdbenchError(f"--batch {batch}: use 1 or more")
     out = Path(out)
     if out.suffix != ".onnx":
-        raise KdbenchError(f"--out {out}: an exported model's file name ends in .onnx")
+        raise KdbenchError(f"--out {out}: an exported model's file name ends in .onnx (or give a folder, "
+                           f"ending in /)")
     ckpt = load_checkpoint(source.checkpoint)
     cfg = TrainConfig.from_dict(ckpt["config"])
     model = PoseNet(cfg.arch)

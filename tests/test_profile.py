@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 
 from kdbench.cli import main
 from kdbench.errors import KdbenchError
+from kdbench.interference import MARK, Watch, judge
 from kdbench.models import PoseNet
 from kdbench.profile import (
     check_onnx_parity,
@@ -79,10 +81,12 @@ def test_parity_failure_is_an_error(resnet18, onnx_file):
 
 def test_profile_records_rows_shown_by_report(tmp_path, capsys):
     runs, out = tmp_path / "runs", tmp_path / "rows.json"
+    # --force: this test is about recording; on a shared test machine the busy-machine guard would refuse.
     argv = ["profile", "--archs", "resnet18", "--crop", str(CROP), "--runs", "50", "--runs-dir", str(runs),
-            "--out", str(out), "--export", str(tmp_path / "onnx")]
+            "--out", str(out), "--export", str(tmp_path / "onnx"), "--force"]
     assert main(argv) == 0
-    assert list((tmp_path / "onnx").glob("*.onnx"))
+    exported = tmp_path / "onnx" / f"posenet-resnet18-b1-c{CROP}.onnx"
+    assert f"wrote {exported} (resnet18 with random weights" in capsys.readouterr().out
     with ResultsStore(runs) as store:
         rows = store.profiles()
     assert [(r["arch"], r["backend"], r["crop"], r["runs"]) for r in rows] == [
@@ -127,7 +131,8 @@ sys.exit(rc)
 
 def test_onnx_path_without_torch(onnx_file, tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "edge.json"
-    argv = ["profile", "--onnx", str(onnx_file), "--runs", "50", "--runs-dir", str(runs), "--out", str(out)]
+    argv = ["profile", "--onnx", str(onnx_file), "--runs", "50", "--runs-dir", str(runs), "--out", str(out),
+            "--force"]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, "-c", NO_TORCH, *argv], capture_output=True, text=True, env=env,
                           cwd=tmp_path, timeout=120)
@@ -143,7 +148,8 @@ def test_onnx_path_without_torch(onnx_file, tmp_path):
 
 
 def test_profile_modules_do_not_import_torch_at_module_level():
-    code = ("import sys; import kdbench.cli, kdbench.profile_onnx, kdbench.reports.store, kdbench.fileio; "
+    code = ("import sys; import kdbench.cli, kdbench.profile_onnx, kdbench.reports.store, kdbench.fileio, "
+            "kdbench.interference; "
             "print(any(m.split('.')[0] in ('torch', 'torchvision') for m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.stdout.strip() == "False", proc.stderr
@@ -222,3 +228,76 @@ def test_cuda_without_gpu_is_an_error(capsys):
         pytest.skip("a GPU is present")
     assert main(["profile", "--archs", "resnet18", "--device", "cuda", "--no-store"]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+# busy machines ------------------------------------------------------------------------------------------------
+def test_interference_verdicts():
+    quiet = judge(16.9, 17.6, 0.02)  # the README's resnet18 torch row on an idle CPU
+    assert not quiet.disturbed
+    busy = judge(195.8, 939.9, None)  # the same model while other jobs ran (issue 12)
+    assert busy.disturbed and "4.8x the median" in busy.text()
+    steady = judge(30.0, 31.0, 0.6)  # a constant competing load slows every run alike: the spread misses it
+    assert steady.disturbed and "other processes used 60% of the CPUs" in steady.text()
+
+
+@pytest.fixture
+def busy_machine():
+    """One CPU-bound process per core for the duration of the test: a real competing load."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        yield
+    finally:
+        for proc in procs:  # only the processes this fixture started
+            proc.kill()
+            proc.wait()
+
+
+def test_busy_machine_latency_is_refused_then_forced(onnx_file, tmp_path, busy_machine, capsys):
+    runs, out = tmp_path / "runs", tmp_path / "edge.json"
+    argv = ["profile", "--onnx", str(onnx_file), "--runs", "100", "--runs-dir", str(runs), "--out", str(out)]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "the machine was busy while measuring" in captured.err and "--force" in captured.err
+    # Which sign fires first depends on the machine (a long tail, or the other processes' CPU share).
+    assert "x the median" in captured.err or "other processes used" in captured.err
+    assert "disturbed measurement" in captured.out  # the numbers are still printed
+    assert not out.exists() and not (runs / "results.sqlite").exists()  # nothing recorded anywhere
+    assert main(argv + ["--force"]) == 0
+    with ResultsStore(runs) as store:
+        (row,) = store.profiles()
+    assert row["note"].startswith(f"{MARK} (") and "kept with --force" in row["note"]
+    assert json.loads(out.read_text())["rows"][0]["note"] == row["note"]
+
+
+def test_watch_sees_other_processes(busy_machine):
+    if not Path("/proc/stat").is_file():
+        pytest.skip("no /proc/stat: the CPU-share sign is Linux-only (the spread sign still works)")
+    with Watch() as watch:
+        time.sleep(0.5)  # this process idles; the spinning processes use the CPUs
+    assert watch.others_share() > 0.5
+    assert watch.verdict(10.0, 10.5).disturbed
+
+
+class _StutteringClock:
+    """perf_counter for profile_onnx: every fifth timed call takes 20 ms instead of 2 ms (a lost time slice)."""
+
+    time = staticmethod(time.time)  # timestamps of rows stay real
+
+    def __init__(self):
+        self.now, self.calls = 0.0, 0
+
+    def perf_counter(self) -> float:
+        self.calls += 1
+        if self.calls % 2 == 0:  # the end of a timed call
+            self.now += 0.020 if self.calls % 10 == 0 else 0.002
+        return self.now
+
+
+def test_long_tail_of_timings_is_refused(onnx_file, tmp_path, monkeypatch, capsys):
+    import kdbench.profile_onnx
+
+    monkeypatch.setattr(kdbench.profile_onnx, "time", _StutteringClock())
+    argv = ["profile", "--onnx", str(onnx_file), "--runs", "50", "--runs-dir", str(tmp_path / "runs")]
+    assert main(argv) == 2
+    assert "p90 20.0 ms is 10.0x the median 2.0 ms (limit 1.5x)" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "results.sqlite").exists()
