@@ -6,7 +6,10 @@ Conventions (also printed with the table):
 - GFLOPs come from torch.utils.flop_counter.FlopCounterMode at batch 1 and the crop size: it counts a
   multiply-add as 2 FLOPs and counts convolutions and matrix products only (BatchNorm, ReLU, pooling: 0).
 - Latency: model.eval(), torch.inference_mode, fp32, warm-up runs first, then at least 50 timed runs of one
-  batch; median and p90 in ms. CUDA timings synchronise after every run.
+  batch; median and p90 in ms. CUDA timings synchronise after every run. A measurement disturbed by other
+  work on the machine is printed but not recorded without --force (kdbench/interference.py says how it is told).
+- Exported files (--export) hold random weights, for latency; `kdbench export` (kdbench/export.py) exports
+  trained models.
 """
 
 from __future__ import annotations

@@ -171,3 +171,13 @@ def test_colliding_names_get_the_job_id(tmp_path):
     names = [p.name for p in output_paths(sources, tmp_path)]
     assert names == [f"SynthRoom-resnet18-sckd-seed0-{a.hash()}.onnx", f"SynthRoom-resnet18-sckd-seed0-{b.hash()}.onnx",
                      "SynthRoom-resnet18-vanilla-seed0.onnx"]
+
+
+def test_mean_image_contract_names_the_mean_file():
+    from conftest import tiny_config
+
+    from kdbench.export import input_contract
+
+    contract = input_contract(tiny_config(normalize="mean"), batch=2)
+    assert contract["shape"] == [2, 3, 28, 28] and contract["normalize"] == "mean" and "mean" not in contract
+    assert "train-32/split_mean.npy" in contract["formula"]

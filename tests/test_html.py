@@ -128,6 +128,13 @@ def test_report_html_prints_the_path(runs, tmp_path, capsys):
     assert f"wrote {tmp_path / 's' / 'index.html'}" in capsys.readouterr().err
 
 
+def test_out_that_is_a_file_is_an_error(runs, tmp_path, capsys):
+    (tmp_path / "page.html").write_text("keep me")
+    assert main(["report", "--runs-dir", str(runs), "--format", "html", "--out", str(tmp_path / "page.html")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert (tmp_path / "page.html").read_text() == "keep me"
+
+
 def test_names_are_escaped(tmp_path):
     runs = tmp_path / "runs"
     with ResultsStore(runs) as store:

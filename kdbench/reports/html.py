@@ -274,6 +274,11 @@ def write_site(df: pd.DataFrame, profiles: pd.DataFrame, out_dir: str | os.PathL
     """Write `out_dir/index.html` (atomically; other files in the folder are left alone) and return its path."""
     import importlib.util
 
+    from kdbench.errors import KdbenchError
+
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise KdbenchError(f"--out {out_dir} is a file: the html report is a folder (index.html inside), "
+                           f"e.g. --out site/")
     images = plot_images(df, profiles, runs_dir) if importlib.util.find_spec("matplotlib") else None
     path = Path(out_dir) / INDEX
     write_text_atomic(path, render_html(df, profiles, runs_dir, images))
