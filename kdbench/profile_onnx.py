@@ -20,7 +20,7 @@ import numpy as np
 
 from kdbench.errors import KdbenchError
 from kdbench.hardware import cpu_name, device_label, gpu_name_without_torch
-from kdbench.interference import Watch
+from kdbench.interference import MARK, Verdict, Watch
 
 MIB = 2**20  # sizes are in MiB (2^20 bytes), the unit torchvision's model tables call "MB"
 MIN_RUNS = 50
@@ -164,7 +164,7 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def mark_interference(row: dict[str, Any], verdict) -> dict[str, Any]:
+def mark_interference(row: dict[str, Any], verdict: Verdict) -> dict[str, Any]:
     """Attach a disturbed measurement's verdict to its row (emit_rows refuses or flags it)."""
     if verdict.disturbed:
         row["interference"] = verdict.text()
@@ -173,8 +173,6 @@ def mark_interference(row: dict[str, Any], verdict) -> dict[str, Any]:
 
 def guard_interference(rows: list[dict[str, Any]], force: bool) -> list[dict[str, Any]]:
     """Rows fit to record: a disturbed one stops the command, or with --force is kept with a flagged note."""
-    from kdbench.interference import MARK
-
     disturbed = [r for r in rows if r.get("interference")]
     if disturbed and not force:
         what = "; ".join(f"{r['arch']} / {r['backend']}: {r['interference']}" for r in disturbed)
