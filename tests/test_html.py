@@ -105,11 +105,8 @@ def column(headers: list[str], prefix: str) -> int:
 
 
 def cell_means(headers: list[str], row: list[str], scene: str) -> tuple[float, float]:
-    """The t and r means a leaderboard row shows for a scene (separate columns, or one 't / r' column)."""
-    t_cell = row[column(headers, f"{scene} t (m)")]
-    r_cols = [i for i, h in enumerate(headers) if h.startswith(f"{scene} r (deg)")]
-    r_cell = row[r_cols[0]] if r_cols else t_cell.split(" / ", 1)[1]
-    return sort_key(t_cell), sort_key(r_cell)
+    """The t and r means a leaderboard row shows for a scene."""
+    return sort_key(row[column(headers, f"{scene} t (m)")]), sort_key(row[column(headers, f"{scene} r (deg)")])
 
 
 # without a browser -------------------------------------------------------------------------------------------
@@ -119,7 +116,9 @@ def test_page_is_self_contained(site, capsys):
     # Nothing is fetched: no external scripts, styles, images or fonts.
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)
     assert "<link" not in text and "<script src" not in text
-    assert text.count('src="data:image/png;base64,') == 4  # 2 CDFs, accuracy vs latency, vs parameters
+    # Every figure of `report --plots`: 2 CDFs, 2 critical-difference diagrams (t, r); no accuracy-vs-cost plots
+    # with one student architecture.
+    assert text.count('src="data:image/png;base64,') == 4
     assert os.stat(site).st_mode & 0o777 == 0o644
 
 
@@ -229,9 +228,26 @@ def test_browser_sorts_on_header_click(page):
     assert [r[0] for r in by_name] == sorted(r[0] for r in rows)
 
 
+def test_browser_shows_significance(page, runs):
+    from kdbench.reports.leaderboard import load_results
+    from kdbench.reports.stats import analyse
+
+    sig = analyse(load_results(runs))
+    shown = page.inner_text("#group-synthetic p.sig")
+    assert shown == " ".join(sig.sentences["synthetic"]) and "Holm" in shown
+    headers, rows = _table(page, "significance-synthetic")
+    assert [r[0] for r in rows] == ["resnet18 vanilla", "resnet18 sckd"]
+    assert all(r[headers.index("pairs")] == "6" for r in rows)  # 2 scenes x 3 seeds, matched with the baseline
+
+
 def test_browser_shows_plots_and_environment(page, runs):
     sizes = page.eval_on_selector_all("#plots img", "imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight])")
     assert len(sizes) == 4 and all(w > 300 and h > 200 for w, h in sizes)  # decoded, not broken images
+    captions = page.eval_on_selector_all("#plots figcaption", "cs => cs.map(c => c.textContent)")
+    assert captions == ["SynthRoom: cumulative distribution of the test errors",
+                        "SynthStreet: cumulative distribution of the test errors",
+                        "Synthetic scenes: critical-difference diagram of the mean ranks (translation)",
+                        "Synthetic scenes: critical-difference diagram of the mean ranks (rotation)"]
     headers, rows = _table(page, "environments")
     env = [dict(zip(headers, row)) for row in rows]
     assert [(e["torch"], e["device"], e["git commit"], e["jobs"]) for e in env] == [

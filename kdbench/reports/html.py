@@ -4,8 +4,10 @@ index.html holds everything inline (CSS, a small sorting script, plots as base64
 offline, and can be mailed or published as it is. Its numbers are the markdown leaderboard's: the tables are
 `leaderboard.display_table` / `efficiency_display` strings; only the markup differs. Every column sorts on a
 click of its header: by the cell's leading number where the column has numbers (cells without one last),
-else alphabetically. The environment section lists the store's environments of the runs shown (versions,
-git commit, device, host); the efficiency table names the device of every latency.
+else alphabetically. Each group's significance statements and tests against the student alone come from
+kdbench.reports.stats, as in the markdown report. The environment section lists the store's environments
+of the runs shown (versions, git commit, device, host); the efficiency table names the device of every
+latency.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import pandas as pd
 
 from kdbench.fileio import write_text_atomic
 from kdbench.reports import leaderboard as lb
+from kdbench.reports import stats
+from kdbench.reports.stats import Significance
 
 INDEX = "index.html"
 _NUMBER = re.compile(r"^[≈~]?\s*([-+]?\d+(?:\.\d+)?)")
@@ -51,7 +55,8 @@ td.note { max-width: 60ch; font-size: 12px; color: #444; }
 tr.disturbed td { background: #fff3cd; }
 tr.estimated td { color: #666; font-style: italic; }
 .sig { background: #eef6ee; border-left: 4px solid #3a7d44; padding: 0.5em 0.8em; max-width: 110ch; }
-figure { display: inline-block; margin: 0.5em 1em 1em 0; vertical-align: top; }
+.wide { overflow-x: auto; max-width: 100%; }
+figure { display: inline-block; margin: 0.5em 1em 1em 0; vertical-align: top; max-width: 100%; }
 figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { color: #555; font-size: 12px; }
 code { background: #f4f4f4; padding: 0 0.2em; }
@@ -120,34 +125,25 @@ def table_html(table: pd.DataFrame, table_id: str, row_classes: list[str] | None
             cells.append(f"<td{attrs}>{_cell_html(value)}</td>")
         cls = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
         rows.append(f"<tr{cls}>{''.join(cells)}</tr>")
-    return (f'<table class="sortable" id="{_esc(table_id)}"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(rows)}</tbody></table>")
+    # In a scrolling box: a leaderboard with many scenes must not widen the page.
+    return (f'<div class="wide"><table class="sortable" id="{_esc(table_id)}"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table></div>")
 
 
 # sections ---------------------------------------------------------------------------------------------------
-def _accuracy_sections(acc: pd.DataFrame, sig) -> list[str]:
+def _accuracy_sections(acc: pd.DataFrame, sig: Significance) -> list[str]:
     out = []
     for group in dict.fromkeys(acc["group"]):
         heading = lb._group_heading(acc, group)
         out.append(f'<section id="group-{_esc(group)}"><h2>{_esc(heading)}</h2>')
         out.append(table_html(lb.display_table(acc, group, "markdown"), f"leaderboard-{group}"))
-        if sig is not None:
-            out += _significance(sig, group)
+        out += _significance(sig, group)
         out.append("</section>")
     return out
 
 
-def analyse(df: pd.DataFrame):
-    """kdbench.reports.stats' significance analysis of the results, None where that module is absent."""
-    try:
-        from kdbench.reports import stats
-    except ImportError:  # the statistics module is optional in this version: the caption says what is shown
-        return None
-    return stats.analyse(df)
-
-
-def _significance(sig, group: str) -> list[str]:
-    """The group's significance statements and, where tests ran, its table."""
+def _significance(sig: Significance, group: str) -> list[str]:
+    """The group's significance statements (kdbench.reports.stats) and, where tests ran, its table."""
     out = []
     if sig.sentences.get(group):
         out.append(f'<p class="sig">{_esc(" ".join(sig.sentences[group]))}</p>')
@@ -219,6 +215,11 @@ def plot_images(df: pd.DataFrame, profiles: pd.DataFrame, runs_dir: str | os.Pat
 
 def plot_caption(stem: str) -> str:
     """'cdf-SynthRoom' -> 'SynthRoom: cumulative distribution of the test errors'."""
+    if stem.startswith("cd-") and stem.endswith(tuple(f"-{m}" for m in stats.METRICS)):
+        subject, metric = stem[3:].rsplit("-", 1)  # cd-<group>[-<arch>]-<metric>
+        group, _, arch = subject.partition("-")
+        what = stats.METRICS[metric][1] + (f", {arch} students" if arch else "")
+        return f"{lb.GROUP_TITLES.get(group, group)}: critical-difference diagram of the mean ranks ({what})"
     for prefix, title in PLOT_TITLES:
         if stem.startswith(prefix):
             subject = stem[len(prefix):]
@@ -256,7 +257,7 @@ def render_html(df: pd.DataFrame, profiles: pd.DataFrame, runs_dir: str | os.Pat
             f"{f', preset {_esc(preset)}' if preset else ''}; generated {stamp}. Click a column header to sort."
             "</p>", f"<nav>{nav}</nav>",
             f'<p class="caption">{_esc(lb.CAPTION if not acc.empty else "No finished runs to show.")}</p>']
-    body += _accuracy_sections(acc, analyse(df))
+    body += _accuracy_sections(acc, stats.analyse(df))
     body += _efficiency_section(eff)
     body += _plots_section(images)
     body += _environment_section(environments(runs_dir, list(shown["id"])), len(shown))
