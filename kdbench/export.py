@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,10 +132,14 @@ def leaderboard_students(runs_dir: str | os.PathLike, scenes: str | None = None,
 
 
 # exporting ----------------------------------------------------------------------------------------------
-def default_name(cfg) -> str:
-    """'SynthRoom-resnet18-sckd-seed0' for a student, 'SynthRoom-resnet34-teacher-seed0' for a teacher."""
-    what = "teacher" if cfg.role == "teacher" else cfg.method
-    return f"{cfg.scene}-{cfg.arch}-{what}-seed{cfg.seed}"
+def default_name(cfg, label: str | None = None) -> str:
+    """'SynthRoom-resnet18-sckd-seed0' for a student, 'SynthRoom-resnet34-teacher-seed0' for a teacher.
+
+    `label` is the store's method column (a variant such as 'sckd:alpha=0'); characters that some file
+    systems refuse become '_'.
+    """
+    what = "teacher" if cfg.role == "teacher" else (label or cfg.method)
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", f"{cfg.scene}-{cfg.arch}-{what}-seed{cfg.seed}")
 
 
 def input_contract(cfg, batch: int) -> dict[str, Any]:
@@ -189,7 +194,8 @@ def export_checkpoint(source: Source, out: str | os.PathLike, batch: int = 1) ->
     job = source.job or {}
     write_json_atomic(sidecar, {
         "format": SIDECAR_FORMAT, "version": 1, "onnx": out.name, "checkpoint": str(source.checkpoint),
-        "job_id": cfg.hash(), "scene": cfg.scene, "role": cfg.role, "method": cfg.method, "arch": cfg.arch,
+        "job_id": cfg.hash(), "scene": cfg.scene, "role": cfg.role, "method": cfg.method,
+        "leaderboard_row": job.get("method") or cfg.method, "arch": cfg.arch,
         "seed": cfg.seed, "preset": cfg.preset, "teacher_arch": cfg.teacher_arch, "teacher_id": cfg.teacher_hash,
         "method_params": cfg.method_params, "epoch": epoch, "epochs": cfg.epochs,
         "status": job.get("status"), "metrics": source.metrics,
@@ -204,7 +210,7 @@ def export_checkpoint(source: Source, out: str | os.PathLike, batch: int = 1) ->
 def output_paths(sources: list[Source], out_dir: Path) -> list[Path]:
     """One .onnx path per source in `out_dir`; names that would collide get the job id appended."""
     cfgs = [source_config(s) for s in sources]
-    names = [default_name(c) for c in cfgs]
+    names = [default_name(c, (s.job or {}).get("method")) for s, c in zip(sources, cfgs)]
     return [out_dir / (f"{n}-{c.hash()}.onnx" if names.count(n) > 1 else f"{n}.onnx") for n, c in zip(names, cfgs)]
 
 

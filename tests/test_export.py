@@ -166,11 +166,13 @@ def test_colliding_names_get_the_job_id(tmp_path):
     from conftest import tiny_config
 
     a, b, c = tiny_config(method="sckd"), tiny_config(method="sckd", lr=0.01), tiny_config(method="vanilla")
-    sources = [Source(tmp_path / "unused.pt", {"id": cfg.hash(), "config": json.dumps(cfg.to_dict())})
-               for cfg in (a, b, c)]
+    d = tiny_config(method="sckd", method_params={"alpha": 0.0})
+    rows = [(a, "sckd"), (b, "sckd"), (c, "vanilla"), (d, "sckd:alpha=0")]  # d: a variant's leaderboard row
+    sources = [Source(tmp_path / "unused.pt", {"id": cfg.hash(), "config": json.dumps(cfg.to_dict()),
+                                               "method": label}) for cfg, label in rows]
     names = [p.name for p in output_paths(sources, tmp_path)]
     assert names == [f"SynthRoom-resnet18-sckd-seed0-{a.hash()}.onnx", f"SynthRoom-resnet18-sckd-seed0-{b.hash()}.onnx",
-                     "SynthRoom-resnet18-vanilla-seed0.onnx"]
+                     "SynthRoom-resnet18-vanilla-seed0.onnx", "SynthRoom-resnet18-sckd_alpha=0-seed0.onnx"]
 
 
 def test_mean_image_contract_names_the_mean_file():
