@@ -58,6 +58,15 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
                    help="load KD methods from a Python file (repeatable)")
 
 
+def _add_training_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 autocast on GPUs that support it, fp16 + loss scaling on older GPUs, fp32 on CPU")
+    p.add_argument("--compile", action="store_true", help="torch.compile the student (recorded in the config)")
+    p.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
+                   help="save when this many seconds passed since the last save (also at the end and on "
+                        "SIGINT/SIGTERM; default 60)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The kdbench argument parser."""
     from kdbench import __version__
@@ -112,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run folder (default: RUNS_DIR/train/<scene>/<arch>-<method>-"
                    "seed<seed>-<hash>)")
     _add_device(p)
+    _add_training_args(p)
     _add_method_args(p)
     _add_data_root(p)
     _add_quiet(p)
@@ -162,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "here override them)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (jobs, which are reused, images to process) and exit without training")
+    p.add_argument("--jobs-per-gpu", default="auto", metavar="N",
+                   help="independent jobs at once on each visible GPU (default auto: from model and batch memory; "
+                        "on CPU, jobs at once, 2 by default)")
+    _add_training_args(p)
     _add_method_args(p)
     _add_data_root(p)
     _add_quiet(p)

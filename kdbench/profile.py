@@ -10,6 +10,9 @@ Conventions (also printed with the table):
   work on the machine is printed but not recorded without --force (kdbench/interference.py says how it is told).
 - Exported files (--export) hold random weights, for latency; `kdbench export` (kdbench/export.py) exports
   trained models.
+- On CUDA, torch is also measured with the model and input cast to fp16 and to bf16 (backends `torch-fp16`,
+  `torch-bf16`; fp16 is what a Jetson runs), and onnxruntime with its TensorRT execution provider
+  (`onnxruntime-tensorrt`, fp16 enabled) when that provider is installed, beside the CUDA provider's row.
 """
 
 from __future__ import annotations
@@ -126,10 +129,27 @@ def tame_random_weights(model: PoseNet, crop: int, damping: float = 0.3) -> Pose
 
 
 # measurements -----------------------------------------------------------------------------------------
-def torch_latency(model: nn.Module, device: str, batch: int, crop: int, runs: int) -> tuple[float, float]:
-    """Median and p90 ms of one forward pass of a (batch, 3, crop, crop) input already on `device`."""
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def torch_precisions(device: str) -> tuple[str, ...]:
+    """Precisions torch is measured in: fp32 everywhere, also fp16 and bf16 on CUDA."""
+    return ("fp32", "fp16", "bf16") if device == "cuda" else ("fp32",)
+
+
+def torch_latency(model: nn.Module, device: str, batch: int, crop: int, runs: int,
+                  precision: str = "fp32") -> tuple[float, float]:
+    """Median and p90 ms of one forward pass of a (batch, 3, crop, crop) input already on `device`.
+
+    fp16/bf16 cast a copy of the model and the input (what an inference engine on the device runs).
+    """
+    dtype = TORCH_DTYPES[precision]
     model = model.to(device).eval()
-    x = torch.randn(batch, 3, crop, crop, device=device)
+    if dtype != torch.float32:
+        import copy
+
+        model = copy.deepcopy(model).to(dtype)
+    x = torch.randn(batch, 3, crop, crop, device=device, dtype=dtype)
     sync = torch.cuda.synchronize if device == "cuda" else None
     with torch.inference_mode():
         return measure_latency(lambda: model(x), runs, sync=sync)
@@ -200,29 +220,44 @@ def profile_arch(arch: str, backends: tuple[str, ...] = BACKENDS, device: str = 
                 print(f"wrote {onnx_path} ({arch} with random weights, input {batch}x3x{crop}x{crop}; "
                       f"max |torch - onnxruntime| {diff:.1e})")
         if "torch" in backends:
-            with Watch() as watch:
-                median, p90 = torch_latency(model, device, batch, crop, runs)
-            row = make_row(**common, backend="torch", device=torch_device_name(device),
-                           file_mb=state_dict_mib(model), latency_median_ms=median, latency_p90_ms=p90,
-                           note=f"fp32, torch {torch.__version__}, {torch.get_num_threads()} threads")
-            rows.append(mark_interference(row, watch.verdict(median, p90)))
+            for precision in torch_precisions(device):
+                with Watch() as watch:
+                    median, p90 = torch_latency(model, device, batch, crop, runs, precision)
+                row = make_row(**common, backend="torch" if precision == "fp32" else f"torch-{precision}",
+                               device=torch_device_name(device),
+                               file_mb=state_dict_mib(model) * (0.5 if precision != "fp32" else 1.0),
+                               latency_median_ms=median, latency_p90_ms=p90,
+                               note=f"{precision}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+                rows.append(mark_interference(row, watch.verdict(median, p90)))
         if "onnxruntime" in backends:
             rows.append(_ort_row(common, onnx_path, device, diff))
+            if device == "cuda" and "TensorrtExecutionProvider" in _ort_available():
+                rows.append(_ort_row(common, onnx_path, device, diff, tensorrt=True))
     return rows
 
 
-def _ort_row(common: dict[str, Any], onnx_path: Path, device: str, diff: float) -> dict[str, Any]:
+def _ort_available() -> list[str]:
+    import onnxruntime
+
+    return onnxruntime.get_available_providers()
+
+
+def _ort_row(common: dict[str, Any], onnx_path: Path, device: str, diff: float,
+             tensorrt: bool = False) -> dict[str, Any]:
     import onnxruntime
 
     providers, kind = ort_providers(device)
+    if tensorrt:  # TensorRT builds an fp16 engine, as on a Jetson; CUDA runs what TensorRT cannot
+        providers = [("TensorrtExecutionProvider", {"trt_fp16_enable": True})] + providers
     session = ort_session(onnx_path, providers)
     name, shape = input_shape(session, common["batch"], common["crop"])
     with Watch() as watch:
         median, p90 = ort_latency(session, name, shape, common["runs"])
     dev = torch_device_name(kind)
-    row = make_row(**common, backend="onnxruntime", device=dev, file_mb=onnx_path.stat().st_size / MIB,
-                   latency_median_ms=median, latency_p90_ms=p90,
-                   note=f"fp32, onnxruntime {onnxruntime.__version__} {providers[0]}, "
+    provider = "TensorrtExecutionProvider (fp16)" if tensorrt else providers[0]
+    row = make_row(**common, backend="onnxruntime-tensorrt" if tensorrt else "onnxruntime", device=dev,
+                   file_mb=onnx_path.stat().st_size / MIB, latency_median_ms=median, latency_p90_ms=p90,
+                   note=f"{'fp16' if tensorrt else 'fp32'}, onnxruntime {onnxruntime.__version__} {provider}, "
                         f"max abs diff from torch {diff:.1e}")
     return mark_interference(row, watch.verdict(median, p90))
 

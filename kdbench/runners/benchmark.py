@@ -129,13 +129,21 @@ def run_benchmark(methods: str | list[str] = "all", scenes: str | list[str] = "s
                   preset: str = "quick", sets: list[str] | None = None, plugins: list[str] | None = None,
                   executor: str = "local", address: str | None = None, runs_dir: str | os.PathLike = "runs",
                   data_root: str | os.PathLike | None = None, quiet: bool = False, device: str | None = None,
-                  **overrides: Any) -> BenchmarkResult:
+                  precision: str | None = "auto", jobs_per_gpu: int | str | None = None,
+                  checkpoint_every: float | None = None, **overrides: Any) -> BenchmarkResult:
     """Run the benchmark; finished jobs (same config hash) are reused, failed ones recorded, none lost.
 
     `overrides` set TrainConfig fields for every job (e.g. epochs=2, load_size=32 in tests; weights may be
     `ARCH=PATH,...`). Initial weights and the device are checked before any scene is prepared or job trained.
+    `precision` 'auto' is resolved for the device before planning, so every job's config records what it trains
+    in; `jobs_per_gpu` (None: auto) jobs run at once on each visible GPU (on CPU: processes sharing the cores).
     """
+    from kdbench.runners.concurrency import parse_jobs_per_gpu
+    from kdbench.runners.precision import resolve_precision
+
     t_start = time.perf_counter()
+    overrides["precision"] = resolve_precision(precision, check_device(device))
+    jobs_per_gpu = parse_jobs_per_gpu(jobs_per_gpu)
     plan = plan_benchmark(methods, scenes, seeds, teacher_arch, student_arch, preset, sets, plugins, executor,
                           data_root, **overrides)
     jobs, plugins = plan.jobs, plan.plugins
@@ -172,7 +180,7 @@ def run_benchmark(methods: str | list[str] = "all", scenes: str | list[str] = "s
             run = EXECUTORS[executor]
             for res in run(todo, teachers, runs_dir, data_root, tuple(plugins), address=address,
                            on_start=on_start if executor == "local" else None, on_epoch=progress.epoch,
-                           device=device):
+                           device=device, jobs_per_gpu=jobs_per_gpu, checkpoint_every=checkpoint_every):
                 env = store.add_environment(res["env"]) if res.get("env") else env_id
                 job = by_id[res["id"]]
                 if res["status"] == "done":

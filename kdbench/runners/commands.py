@@ -44,6 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from kdbench.config import make_config
     from kdbench.methods import get_method, load_plugin, parse_set_args, resolved_params
     from kdbench.progress import JobProgress
+    from kdbench.runners.precision import resolve_precision
     from kdbench.runners.preflight import check_device
     from kdbench.runners.train import load_checkpoint, train
 
@@ -65,7 +66,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = make_config(args.scene, args.arch, args.preset, role=role, seed=args.seed, method=args.method,
                       method_params=params, teacher_hash=teacher_hash, teacher_arch=teacher_arch,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta=args.beta,
-                      learn_beta=args.learn_beta or None, weights=weights)
+                      learn_beta=args.learn_beta or None, weights=weights,
+                      precision=resolve_precision(args.precision, device), compile=args.compile or None)
     out = Path(args.out) if args.out else Path(args.runs_dir) / "train" / cfg.scene / (
         f"{cfg.arch}-{cfg.method}-seed{cfg.seed}-{cfg.hash()}")
     from kdbench.scenes.cache import prepare_scene
@@ -78,7 +80,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         with JobProgress(1, n_train * cfg.epochs, args.quiet) as progress:
             progress.start(label, cfg.epochs, n_train * cfg.epochs, short=f"{cfg.arch} {cfg.method} {cfg.scene}")
             res = train(cfg, args.data_root, out, args.teacher, quiet=args.quiet, device=device,
-                        on_epoch=progress.epoch)
+                        on_epoch=progress.epoch, checkpoint_every=args.checkpoint_every)
             progress.finish(label, True)
     except KdbenchError as exc:
         record.failed(str(exc))
@@ -193,9 +195,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                    student_arch=args.student_arch, preset=args.preset, sets=args.sets, plugins=args.plugin,
                    executor=args.executor, data_root=args.data_root, epochs=args.epochs,
                    batch_size=args.batch_size, load_size=args.load_size, crop_size=args.crop, weights=args.weights)
+    from kdbench.runners.precision import resolve_precision
     from kdbench.runners.preflight import check_device
 
-    check_device(args.device)
+    # resolved here so that the plan (and a dry run) shows the configs that will really train
+    options.update(precision=resolve_precision(args.precision, check_device(args.device)),
+                   compile=args.compile or None)
     if args.dry_run:
         from kdbench.runners.dryrun import print_dry_run
 
@@ -209,7 +214,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"options of this run: {written}", file=sys.stderr)
     res = run_benchmark(address=args.address, runs_dir=args.runs_dir, quiet=args.quiet, device=args.device,
-                        **options)
+                        jobs_per_gpu=args.jobs_per_gpu, checkpoint_every=args.checkpoint_every, **options)
     print_leaderboard(args.runs_dir, args.scenes, [job.id for job in res.jobs])  # what this run was asked
     print(f"{len(res.jobs)} jobs: {len(res.done)} trained now, {len(res.reused)} reused, {len(res.failed)} failed "
           f"({res.seconds:.0f} s). Store: {res.store_path}")

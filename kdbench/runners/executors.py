@@ -1,15 +1,23 @@
-"""Executors: `local` runs jobs in order in this process; `ray` runs them as Ray tasks.
+"""Executors: `local` runs jobs in this process, or several at once in a process pool; `ray` runs Ray tasks.
 
-Both yield each job's result dict to the driver as it finishes; only the driver writes the store.
+`local` with more than one job slot (`--jobs-per-gpu`, or several GPUs) uses the standard library's
+ProcessPoolExecutor ('spawn' context: CUDA cannot be forked): each job goes to a free slot, a student once its
+teacher is done. Every executor yields each job's result dict to the driver as it finishes; only the driver
+writes the store.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from kdbench.errors import KdbenchError
+from kdbench.runners.concurrency import job_slots
 from kdbench.runners.jobs import run_job, teacher_checkpoint
 from kdbench.runners.plan import Job
 
@@ -26,9 +34,15 @@ def _teacher_failed(job: Job, teacher_result: dict[str, Any] | None) -> dict[str
 def run_local(jobs: list[Job], teachers: dict[str, Job], runs_dir: str | os.PathLike,
               data_root: str | os.PathLike | None, plugins: tuple[str, ...] = (),
               on_start: Callable[[Job], None] | None = None,
-              on_epoch: Callable[[int, int, float], None] | None = None, device: str | None = None,
+              on_epoch: Callable[[int, int, float], None] | None = None, jobs_per_gpu: int | None = None,
+              device: str | None = None, checkpoint_every: float | None = None,
               **_: Any) -> Iterator[dict[str, Any]]:
-    """Run jobs one after another (they come in dependency order) and yield each result."""
+    """Run jobs one after another in this process, or in a process pool when there are several job slots."""
+    slots = job_slots([j.cfg for j in jobs], jobs_per_gpu, device)
+    if len(slots) > 1 and len(jobs) > 1:
+        # Like Ray's tasks, pooled jobs report no start or epochs: the driver's bars follow one job at a time.
+        yield from run_pool(jobs, teachers, runs_dir, data_root, plugins, slots, None, checkpoint_every)
+        return
     results: dict[str, dict[str, Any]] = {}
     for job in jobs:
         failed = _teacher_failed(job, results.get(job.teacher_id)) if job.teacher_id else None
@@ -39,13 +53,79 @@ def run_local(jobs: list[Job], teachers: dict[str, Job], runs_dir: str | os.Path
         if on_start:
             on_start(job)
         ckpt = teacher_checkpoint(runs_dir, teachers[job.teacher_id]) if job.teacher_id else None
-        results[job.id] = run_job(job, runs_dir, data_root, ckpt, plugins, on_epoch, device)
+        results[job.id] = run_job(job, runs_dir, data_root, ckpt, plugins, on_epoch, device=device,
+                                  checkpoint_every=checkpoint_every)
         yield results[job.id]
+
+
+def run_pool(jobs: list[Job], teachers: dict[str, Job], runs_dir: str | os.PathLike,
+             data_root: str | os.PathLike | None, plugins: tuple[str, ...], slots: list[str],
+             on_start: Callable[[Job], None] | None = None,
+             checkpoint_every: float | None = None) -> Iterator[dict[str, Any]]:
+    """Run jobs in worker processes, one per slot (a device name); students wait for their teacher."""
+    import torch
+
+    # CPU jobs share this process's thread budget (results are bitwise reproducible for a given thread count);
+    # a GPU job needs one thread to feed its GPU.
+    from kdbench.runners.batches import device_data_share
+
+    on_cpu = all(s == "cpu" for s in slots)
+    threads = max(1, torch.get_num_threads() // len(slots)) if on_cpu else 1
+    data_share = device_data_share() / (len(slots) // len(set(slots)))  # each job on a GPU holds its own copy
+    planned = {j.id for j in jobs}
+    results: dict[str, dict[str, Any]] = {}
+    ready = deque(j for j in jobs if j.teacher_id not in planned)
+    waiting = [j for j in jobs if j.teacher_id in planned]
+    free, running = list(slots), {}
+    with ProcessPoolExecutor(len(slots), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_die_with_driver) as pool:
+        while ready or running:
+            while ready and free:
+                job = ready.popleft()
+                failed = _teacher_failed(job, results.get(job.teacher_id)) if job.teacher_id else None
+                if failed:
+                    results[job.id] = failed
+                    yield failed
+                    continue
+                slot = free.pop(0)
+                ckpt = teacher_checkpoint(runs_dir, teachers[job.teacher_id]) if job.teacher_id else None
+                fut: Future = pool.submit(run_job, job, runs_dir, data_root, ckpt, plugins, None, slot, threads,
+                                          checkpoint_every, data_share)
+                running[fut] = (job, slot)
+                if on_start:
+                    on_start(job)
+            if not running:
+                continue
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                job, slot = running.pop(fut)
+                free.append(slot)
+                try:
+                    res = fut.result()
+                except BrokenProcessPool as exc:  # a worker died (out of memory, killed)
+                    res = {"id": job.id, "run_dir": job.run_dir, "status": "failed", "error": f"worker died: {exc}"}
+                results[job.id] = res
+                yield res
+                ready.extend(j for j in waiting if j.teacher_id == job.id)
+                waiting = [j for j in waiting if j.teacher_id != job.id]
+
+
+def _die_with_driver() -> None:
+    """Linux: a worker gets SIGTERM when the driver dies (then saves and stops) instead of training on alone."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
 
 
 def _ray_job(job: Job, runs_dir: str, data_root: str | None, teacher_ckpt: str | None,
              plugins: tuple[str, ...], teacher_result: dict[str, Any] | None = None,
-             device: str | None = None) -> dict[str, Any]:
+             device: str | None = None, checkpoint_every: float | None = None) -> dict[str, Any]:
     # Ray resolves `teacher_result` (an ObjectRef at submit time) before this runs: students wait for teachers.
     failed = _teacher_failed(job, teacher_result)
     if failed:
@@ -53,14 +133,15 @@ def _ray_job(job: Job, runs_dir: str, data_root: str | None, teacher_ckpt: str |
     import torch
 
     torch.set_num_threads(CPUS_PER_RAY_JOB)  # results are bitwise reproducible for a given thread count
-    return run_job(job, runs_dir, data_root, teacher_ckpt, plugins, device=device)
+    return run_job(job, runs_dir, data_root, teacher_ckpt, plugins, device=device, checkpoint_every=checkpoint_every)
 
 
 def run_ray(jobs: list[Job], teachers: dict[str, Job], runs_dir: str | os.PathLike,
             data_root: str | os.PathLike | None, plugins: tuple[str, ...] = (), address: str | None = None,
             on_start: Callable[[Job], None] | None = None, device: str | None = None,
+            jobs_per_gpu: int | None = None, checkpoint_every: float | None = None,
             **_: Any) -> Iterator[dict[str, Any]]:
-    """Submit every job as a Ray task (one GPU each where the cluster has GPUs) and yield results."""
+    """Submit every job as a Ray task (1/jobs_per_gpu of a GPU each where the cluster has GPUs)."""
     try:
         import ray
     except ImportError:
@@ -73,14 +154,16 @@ def run_ray(jobs: list[Job], teachers: dict[str, Job], runs_dir: str | os.PathLi
             raise KdbenchError(f"could not start or join a Ray cluster (address {address or 'local'}): {exc}") from None
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
-        task = ray.remote(num_cpus=CPUS_PER_RAY_JOB, num_gpus=1 if gpus else 0, max_retries=0)(_ray_job)
+        share = 1.0 / (jobs_per_gpu or 1) if gpus else 0  # Ray's fractional GPUs: several jobs per GPU
+        task = ray.remote(num_cpus=CPUS_PER_RAY_JOB, num_gpus=share, max_retries=0)(_ray_job)
         runs_dir, data_root = os.path.abspath(runs_dir), (os.path.abspath(data_root) if data_root else None)
         refs: dict[str, Any] = {}
         pending = {}
         for job in jobs:
             teacher_ref = refs.get(job.teacher_id) if job.teacher_id else None
             ckpt = str(teacher_checkpoint(runs_dir, teachers[job.teacher_id])) if job.teacher_id else None
-            refs[job.id] = task.remote(job, runs_dir, data_root, ckpt, tuple(plugins), teacher_ref, device)
+            refs[job.id] = task.remote(job, runs_dir, data_root, ckpt, tuple(plugins), teacher_ref, device,
+                                       checkpoint_every)
             pending[refs[job.id]] = job
             if on_start:
                 on_start(job)

@@ -20,9 +20,18 @@ def teacher_checkpoint(runs_dir: str | os.PathLike, teacher: Job) -> Path:
 
 def run_job(job: Job, runs_dir: str | os.PathLike, data_root: str | os.PathLike | None,
             teacher_ckpt: str | os.PathLike | None = None, plugins: tuple[str, ...] = (),
-            on_epoch: Callable[[int, int, float], None] | None = None, device: str | None = None) -> dict[str, Any]:
-    """Train and evaluate one job; never raises for a failed job (the driver records the error)."""
+            on_epoch: Callable[[int, int, float], None] | None = None, device: str | None = None,
+            threads: int | None = None, checkpoint_every: float | None = None,
+            data_share: float | None = None) -> dict[str, Any]:
+    """Train and evaluate one job; never raises for a failed job (the driver records the error).
+
+    `threads` sets torch's CPU threads (a worker process of a pool); `checkpoint_every` is in seconds;
+    `data_share` is this job's share of GPU memory for device-resident data (its GPU's share / jobs on it).
+    """
+    import torch
+
     from kdbench.methods import load_plugin
+    from kdbench.runners.checkpoints import DEFAULT_EVERY_S
     from kdbench.runners.environment import environment
     from kdbench.runners.train import train
 
@@ -30,9 +39,14 @@ def run_job(job: Job, runs_dir: str | os.PathLike, data_root: str | os.PathLike 
     try:
         for path in plugins:
             load_plugin(path)
+        if threads:
+            torch.set_num_threads(threads)  # CPU results are bitwise reproducible for a given thread count
         res = train(job.cfg, data_root, Path(runs_dir) / job.run_dir, teacher_ckpt, quiet=True,
-                    on_epoch=on_epoch, device=device)
+                    on_epoch=on_epoch, device=device,
+                    checkpoint_every=DEFAULT_EVERY_S if checkpoint_every is None else checkpoint_every,
+                    data_share=data_share)
         result.update(status="done", metrics=res.metrics, epochs_done=res.epochs_done,
+                      skipped_steps=res.skipped_steps, device=device,
                       train_seconds=res.train_seconds, eval_seconds=res.eval_seconds,
                       checkpoint=os.path.join(job.run_dir, CHECKPOINT))
     except KdbenchError as exc:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from kdbench.config import TrainConfig, epoch_lr
@@ -20,8 +17,12 @@ from kdbench.fileio import read_torch_file, torch_save_atomic, write_json_atomic
 from kdbench.methods import GroundTruth, LossContext, Method, PoseLoss, create_method
 from kdbench.models import PoseNet, PoseOutput
 from kdbench.progress import make_progress
+from kdbench.runners.batches import make_batches
+from kdbench.runners.checkpoints import DEFAULT_EVERY_S, CheckpointPolicy, StopSignals, TrainingStopped
 from kdbench.runners.device import pick_device, seed_everything
 from kdbench.runners.evaluate import evaluate
+from kdbench.runners.history import EpochLosses, HistoryLog
+from kdbench.runners.precision import Precision
 from kdbench.scenes.cache import load_split_cache
 from kdbench.scenes.dataset import PoseDataset
 
@@ -42,6 +43,7 @@ class TrainResult:
     eval_seconds: float
     resumed_from: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    skipped_steps: int = 0  # fp16 steps skipped by loss scaling
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -93,12 +95,17 @@ def _teacher_batches(teacher: PoseNet, ds: PoseDataset, taps, device, batch_size
 
 def train(cfg: TrainConfig, data_root: str | os.PathLike | None, out_dir: str | os.PathLike,
           teacher_checkpoint: str | os.PathLike | None = None, quiet: bool = True, max_steps: int | None = None,
-          device: str | None = None, on_epoch: Callable[[int, int, float], None] | None = None) -> TrainResult:
-    """Train `cfg.arch` on `cfg.scene` with `cfg.method`, checkpoint every epoch, then evaluate.
+          device: str | None = None, on_epoch: Callable[[int, int, float], None] | None = None,
+          checkpoint_every: float = DEFAULT_EVERY_S, data_path: str = "auto",
+          data_share: float | None = None) -> TrainResult:
+    """Train `cfg.arch` on `cfg.scene` with `cfg.method` in `cfg.precision`, then evaluate.
 
-    Resumes from `<out_dir>/checkpoint.pt` when it holds the same config; a finished run is not redone.
-    `max_steps` caps the optimiser steps per epoch (smoke tests). `on_epoch(epoch, epochs, loss)` reports
-    progress to a caller that draws its own bars.
+    Saves a checkpoint when `checkpoint_every` seconds passed since the last one, at the end, and on
+    SIGINT/SIGTERM (then raises TrainingStopped). Resumes from `<out_dir>/checkpoint.pt` when it holds the
+    same config, at the step where it stopped; a finished run is not redone. `data_path` is 'auto', 'device'
+    or 'host' (runners/batches.py); `data_share` is the share of GPU memory the split may take on the device
+    (default $KDBENCH_DEVICE_DATA_SHARE or 0.25). `max_steps` caps the optimiser steps per epoch (smoke tests).
+    `on_epoch(epoch, epochs, loss)` reports progress to a caller that draws its own bars.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -110,6 +117,7 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None, out_dir: str | 
     train_ds = PoseDataset(train_cache, cfg.crop_size, train=True, normalize=cfg.normalize, seed=cfg.seed)
     eval_train_ds = PoseDataset(train_cache, cfg.crop_size, train=False, normalize=cfg.normalize, seed=cfg.seed)
     method = create_method(cfg.method, cfg.method_params)
+    policy = CheckpointPolicy(checkpoint_every)
 
     resume = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
     if resume is not None and resume.get("hash") != cfg.hash():
@@ -130,78 +138,120 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None, out_dir: str | 
 
     params = list(student.parameters()) + list(method.parameters()) + list(pose_loss.parameters())
     optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
-    use_amp = dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    precision = Precision(cfg.precision, dev)
     if dev.type == "cuda":
         student = student.to(memory_format=torch.channels_last)
+    forward = torch.compile(student) if cfg.compile else student  # state_dicts come from `student` itself
 
-    start_epoch, history, train_seconds = 0, [], 0.0
+    start_epoch, start_step, history, train_seconds, running = 0, 0, [], 0.0, None
     if resume is not None:
         student.load_state_dict(resume["model"])
         method.load_state_dict(resume["method"])
         pose_loss.load_state_dict(resume["pose_loss"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scaler.load_state_dict(resume["scaler"])
-        start_epoch, history = int(resume["epoch"]), list(resume["history"])
+        if "optimizer" in resume:  # a student's final checkpoint keeps no optimiser state (nothing resumes it)
+            optimizer.load_state_dict(resume["optimizer"])
+            precision.load_state_dict(resume.get("scaler"))
+        start_epoch, start_step = int(resume["epoch"]), int(resume.get("step", 0))
+        history, running = list(resume["history"]), resume.get("running")
         train_seconds = float(resume.get("train_seconds", 0.0))
     elif method.needs_prepare:
         method.prepare(_teacher_batches(teacher, eval_train_ds, method.teacher_taps(), dev, cfg.batch_size),
                        pose_loss)
 
-    def save(epoch: int) -> None:
-        torch_save_atomic({
-            "model": student.state_dict(), "method": method.state_dict(), "pose_loss": pose_loss.state_dict(),
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-            "history": history, "config": cfg.to_dict(), "hash": cfg.hash(), "arch": cfg.arch,
-            "train_seconds": train_seconds,
-        }, ckpt_path)
+    def save(epoch: int, step: int = 0, losses: EpochLosses | None = None, seconds: float = 0.0,
+             skipped: int = 0) -> None:
+        final = epoch == cfg.epochs
+        state = {"model": student.state_dict(), "method": method.state_dict(), "pose_loss": pose_loss.state_dict(),
+                 "epoch": epoch, "step": step, "history": history, "config": cfg.to_dict(), "hash": cfg.hash(),
+                 "arch": cfg.arch, "train_seconds": train_seconds + seconds}
+        if not (final and cfg.role == "student"):  # teachers keep Adam state; students end with weights only
+            state.update(optimizer=optimizer.state_dict(), scaler=precision.state_dict())
+        if step:  # mid-epoch: where the epoch stands, so that resuming continues it exactly
+            state.update(rng=torch.get_rng_state(),
+                         running={**losses.state_dict(), "seconds": seconds, "skipped": skipped},
+                         cuda_rng=torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None)
+        torch_save_atomic(state, ckpt_path)
+        policy.saved()
+
+    def check_finite(epoch: int, losses: EpochLosses) -> None:
+        bad = losses.bad_step()
+        if bad is not None:
+            saved = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
+            where = (f"the last good checkpoint (epoch {saved['epoch']}"
+                     f"{', step ' + str(saved['step']) if saved.get('step') else ''}) is kept at {ckpt_path}"
+                     if saved else "no checkpoint was saved before it")
+            terms = ", ".join(f"{k[5:]}={v:.4g}" for k, v in losses.means().items() if k.startswith("loss_"))
+            raise KdbenchError(
+                f"non-finite loss at epoch {epoch + 1}, step {bad + 1} of {cfg.method} on {cfg.scene} "
+                f"(epoch means {terms}); {where}. Lower --lr or the method's loss weights "
+                "(--set METHOD.KEY=VALUE).")
 
     if start_epoch == 0 and not ckpt_path.is_file():
         write_json_atomic(out / "config.json", {**cfg.to_dict(), "hash": cfg.hash()})
 
-    with make_progress(quiet or on_epoch is not None) as progress:
-        task = progress.add_task(f"{cfg.arch} {cfg.method} on {cfg.scene}", total=cfg.epochs,
-                                 completed=start_epoch, info="")
-        for epoch in range(start_epoch, cfg.epochs):
-            t0 = time.perf_counter()
-            torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout: same per epoch whether resumed or not
-            for group in optimizer.param_groups:  # a function of (epoch, epochs): resume needs no state
-                group["lr"] = epoch_lr(cfg.lr, cfg.lr_schedule, epoch, cfg.epochs)
-            _set_frozen(student, method.frozen(student, epoch, cfg.epochs))
-            ctx = LossContext(pose_loss, epoch, cfg.epochs)
-            losses: list[float] = []
-            for step, (x, pose) in enumerate(train_ds.batches(cfg.batch_size, shuffle=True, epoch=epoch,
-                                                              drop_last=True)):
-                if max_steps is not None and step >= max_steps:
-                    break
-                x, gt = _to_device(x, pose, dev)
-                with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
-                    s_out = student(x, taps=method.student_taps())
-                    t_out = None
-                    if teacher is not None:
-                        with torch.no_grad():
-                            t_out = teacher(x, taps=method.teacher_taps())
-                    terms = method.loss(s_out, t_out, gt, ctx)
-                    loss = sum(terms.values())
-                if not torch.isfinite(loss):
-                    bad = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
-                    raise KdbenchError(
-                        f"non-finite loss at epoch {epoch + 1}, step {step + 1} of {cfg.method} on {cfg.scene} "
-                        f"({bad}); the last good checkpoint (epoch {epoch}) is kept at {ckpt_path}. "
-                        "Lower --lr or the method's loss weights (--set METHOD.KEY=VALUE)."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                losses.append(float(loss.detach()))
-            mean_loss = float(np.mean(losses)) if losses else math.nan
-            train_seconds += time.perf_counter() - t0
-            history.append({"epoch": epoch + 1, "loss": mean_loss})
-            save(epoch + 1)
-            progress.update(task, advance=1, info=f"loss {mean_loss:.4g}")
-            if on_epoch is not None:
-                on_epoch(epoch + 1, cfg.epochs, mean_loss)
+    batches = make_batches(train_ds, dev, data_path, data_share)
+    log = HistoryLog(out, start_epoch)
+    try:
+        with StopSignals() as stop, make_progress(quiet or on_epoch is not None) as progress:
+            task = progress.add_task(f"{cfg.arch} {cfg.method} on {cfg.scene}", total=cfg.epochs,
+                                     completed=start_epoch, info="")
+            for epoch in range(start_epoch, cfg.epochs):
+                t0 = time.perf_counter()
+                first = start_step if epoch == start_epoch else 0
+                losses = EpochLosses(dev, running if first else None)
+                before = float(running["seconds"]) if first else 0.0
+                if first:  # dropout continues the interrupted epoch's random stream
+                    torch.set_rng_state(resume["rng"])
+                    if dev.type == "cuda" and resume.get("cuda_rng") is not None:
+                        torch.cuda.set_rng_state(resume["cuda_rng"], dev)
+                else:
+                    torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout: same per epoch, resumed or not
+                lr = epoch_lr(cfg.lr, cfg.lr_schedule, epoch, cfg.epochs)
+                for group in optimizer.param_groups:  # a function of (epoch, epochs): resume needs no state
+                    group["lr"] = lr
+                _set_frozen(student, method.frozen(student, epoch, cfg.epochs))
+                ctx = LossContext(pose_loss, epoch, cfg.epochs)
+                plans = train_ds.epoch_plans(cfg.batch_size, shuffle=True, epoch=epoch, drop_last=True)
+                plans = plans[:max_steps] if max_steps is not None else plans
+                # precision.skipped counts from 0 in each process: carry an interrupted epoch's count over
+                skipped_before = int(precision.skipped) - (int(running["skipped"]) if first else 0)
+                for step, (x, pose) in enumerate(batches.iterate(plans[first:]), start=first):
+                    gt = GroundTruth(pose[:, :3], pose[:, 3:])
+                    with precision.autocast():
+                        s_out = forward(x, taps=method.student_taps())
+                        t_out = None
+                        if teacher is not None:
+                            with torch.no_grad():
+                                t_out = teacher(x, taps=method.teacher_taps())
+                        terms = method.loss(s_out, t_out, gt, ctx)
+                        loss = sum(terms.values())
+                    losses.add(step, loss, terms)
+                    precision.step(loss, optimizer)
+                    if step + 1 < len(plans) and (stop.requested or policy.due()):
+                        check_finite(epoch, losses)
+                        save(epoch, step + 1, losses, before + time.perf_counter() - t0,
+                             int(precision.skipped) - skipped_before)
+                        if stop.requested:
+                            raise TrainingStopped(f"{stop.requested}: saved at epoch {epoch + 1}, step {step + 1}")
+                check_finite(epoch, losses)
+                seconds = before + time.perf_counter() - t0
+                train_seconds += seconds
+                skipped = int(precision.skipped) - skipped_before
+                row = {"epoch": epoch + 1, **losses.means(), "lr": lr, "seconds": seconds, "steps": len(plans),
+                       "skipped_steps": skipped}
+                history.append(row)
+                log.write(history)
+                _check_not_all_skipped(cfg, history)
+                if stop.requested or policy.due() or epoch + 1 == cfg.epochs:
+                    save(epoch + 1)
+                    if stop.requested:
+                        raise TrainingStopped(f"{stop.requested}: saved at epoch {epoch + 1}")
+                progress.update(task, advance=1, info=f"loss {row['loss']:.4g}")
+                if on_epoch is not None:
+                    on_epoch(epoch + 1, cfg.epochs, row["loss"])
+    finally:
+        batches.close()
+        log.close()
 
     t0 = time.perf_counter()
     test_cache = load_split_cache(cfg.scene, data_root, "test", cfg.load_size, quiet, train_mean=train_cache.mean)
@@ -210,7 +260,19 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None, out_dir: str | 
     eval_seconds = time.perf_counter() - t0
     write_text_atomic(out / PREDICTIONS, predictions.to_csv(index=False))
     write_json_atomic(out / METRICS, metrics)
-    return TrainResult(out, ckpt_path, metrics, cfg.epochs, train_seconds, eval_seconds, start_epoch, history)
+    skipped = sum(int(h.get("skipped_steps", 0)) for h in history)
+    return TrainResult(out, ckpt_path, metrics, cfg.epochs, train_seconds, eval_seconds, start_epoch, history,
+                       skipped_steps=skipped)
+
+
+def _check_not_all_skipped(cfg: TrainConfig, history: list[dict[str, float]]) -> None:
+    """fp16 loss scaling skips steps whose gradients overflow; a run that never stepped is not a result."""
+    steps = sum(int(h.get("steps", 0)) for h in history)
+    skipped = sum(int(h.get("skipped_steps", 0)) for h in history)
+    if cfg.precision == "fp16" and steps and skipped == steps and len(history) == cfg.epochs:
+        raise KdbenchError(f"fp16 loss scaling skipped all {steps} optimiser steps of {cfg.arch} {cfg.method} on "
+                           f"{cfg.scene} (the gradients overflowed at every scale): the model is untrained. "
+                           "Use --precision bf16 or fp32.")
 
 
 def _load_teacher(method: Method, teacher_checkpoint, dev: torch.device) -> PoseNet | None:

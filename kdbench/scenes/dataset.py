@@ -1,6 +1,14 @@
-"""torch Dataset over a decoded SplitCache: random crop (train) or centre crop (test), normalised."""
+"""torch Dataset over a decoded SplitCache: random crop (train) or centre crop (test), normalised.
+
+A batch is decided by a `BatchPlan` (image indices and crop offsets), a function of (seed, epoch) only, and
+then cut from the uint8 cache and normalised. The runners' device-resident data path reuses the same plans
+and the same `normalize_batch`, so host and device batches are equal for the same (seed, epoch).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -13,6 +21,24 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255.0
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255.0
 _IMAGENET_MEAN_T = torch.from_numpy(IMAGENET_MEAN).view(1, 3, 1, 1)
 _IMAGENET_STD_T = torch.from_numpy(IMAGENET_STD).view(1, 3, 1, 1)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Which images a batch holds and where each is cropped (top-left corner)."""
+
+    indices: np.ndarray
+    ys: np.ndarray
+    xs: np.ndarray
+
+
+def normalize_batch(crops: torch.Tensor, normalize: str, mean_crops: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 NHWC crops -> float32 NCHW normalised images, on whatever device `crops` lives."""
+    images = crops.permute(0, 3, 1, 2).float()
+    if normalize == "mean":
+        return (images - mean_crops.permute(0, 3, 1, 2)) / 255.0
+    mean, std = _IMAGENET_MEAN_T.to(images.device), _IMAGENET_STD_T.to(images.device)
+    return (images - mean) / std
 
 
 class PoseDataset(Dataset):
@@ -42,31 +68,55 @@ class PoseDataset(Dataset):
             return self.rng.integers(0, h - self.crop + 1, n), self.rng.integers(0, w - self.crop + 1, n)
         return np.full(n, (h - self.crop) // 2), np.full(n, (w - self.crop) // 2)
 
-    def get_batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch (b, 3, crop, crop) float32 and poses (b, 7), cropping from the memory-mapped array."""
+    def plan(self, indices: np.ndarray) -> BatchPlan:
+        """Crop offsets for these images, drawn from the epoch's generator (call in batch order)."""
         indices = np.asarray(indices)
         ys, xs = self._offsets(len(indices))
+        return BatchPlan(indices, ys, xs)
+
+    def epoch_plans(self, batch_size: int, shuffle: bool, epoch: int = 0, drop_last: bool = False) -> list[BatchPlan]:
+        """Every batch of one epoch; the order and crops depend only on (seed, epoch)."""
+        self.set_epoch(epoch)
+        order = self.rng.permutation(len(self)) if shuffle else np.arange(len(self))
+        stop = len(order) - (len(order) % batch_size if drop_last and len(order) >= batch_size else 0)
+        return [self.plan(order[start:start + batch_size]) for start in range(0, stop, batch_size)]
+
+    def crops_uint8(self, plan: BatchPlan) -> np.ndarray:
+        """The planned crops (b, crop, crop, 3) uint8, copied from the memory-mapped cache."""
         c = self.crop
-        crops = np.empty((len(indices), c, c, 3), dtype=np.uint8)  # copy uint8; convert once per batch
-        for k, (i, y, x) in enumerate(zip(indices, ys, xs)):
+        crops = np.empty((len(plan.indices), c, c, 3), dtype=np.uint8)  # copy uint8; convert once per batch
+        for k, (i, y, x) in enumerate(zip(plan.indices, plan.ys, plan.xs)):
             crops[k] = self.cache.images[i, y:y + c, x:x + c]
-        images = torch.from_numpy(crops).permute(0, 3, 1, 2).float()
-        if self.normalize == "mean":
-            mean = np.stack([self.cache.mean[y:y + c, x:x + c] for y, x in zip(ys, xs)])
-            images = (images - torch.from_numpy(mean).permute(0, 3, 1, 2)) / 255.0
-        else:
-            images = (images - _IMAGENET_MEAN_T) / _IMAGENET_STD_T
-        poses = torch.from_numpy(self.cache.poses[indices].astype(np.float32))
-        return images.contiguous(), poses
+        return crops
+
+    def mean_crops(self, plan: BatchPlan) -> np.ndarray | None:
+        """The train mean image cut like the batch ('mean' normalisation), else None."""
+        if self.normalize != "mean":
+            return None
+        c = self.crop
+        return np.stack([self.cache.mean[y:y + c, x:x + c] for y, x in zip(plan.ys, plan.xs)])
+
+    def poses(self, plan: BatchPlan) -> torch.Tensor:
+        """The batch's poses (b, 7) float32."""
+        return torch.from_numpy(self.cache.poses[plan.indices].astype(np.float32))
+
+    def batch_from_plan(self, plan: BatchPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch (b, 3, crop, crop) float32 and poses (b, 7), normalised on the CPU."""
+        mean = self.mean_crops(plan)
+        images = normalize_batch(torch.from_numpy(self.crops_uint8(plan)), self.normalize,
+                                 None if mean is None else torch.from_numpy(mean))
+        return images.contiguous(), self.poses(plan)
+
+    def get_batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch (b, 3, crop, crop) float32 and poses (b, 7), cropping from the memory-mapped array."""
+        return self.batch_from_plan(self.plan(indices))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, pose = self.get_batch(np.array([index]))
         return x[0], pose[0]
 
-    def batches(self, batch_size: int, shuffle: bool, epoch: int = 0, drop_last: bool = False):
+    def batches(self, batch_size: int, shuffle: bool, epoch: int = 0,
+                drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield batches for one epoch; the order and crops depend only on (seed, epoch)."""
-        self.set_epoch(epoch)
-        order = self.rng.permutation(len(self)) if shuffle else np.arange(len(self))
-        stop = len(order) - (len(order) % batch_size if drop_last and len(order) >= batch_size else 0)
-        for start in range(0, stop, batch_size):
-            yield self.get_batch(order[start:start + batch_size])
+        for plan in self.epoch_plans(batch_size, shuffle, epoch, drop_last):
+            yield self.batch_from_plan(plan)

@@ -1,0 +1,73 @@
+"""How many jobs run at once on each device, and on which devices.
+
+`--jobs-per-gpu auto` estimates a training job's GPU memory from its model and batch (below) and fits as many
+as leave a fifth of the GPU free, at most MAX_JOBS_PER_GPU: a ResNet18 at batch 32 leaves most of an H100
+idle, and four processes at once gave 2.7x the throughput of one (two gave 1.8x; issue 10's measurements).
+On CPU the default is CPU_JOBS jobs at once (at most one per torch thread), chosen by benchmarks/bench_sweep.py:
+a teacher and 4 students at the quick preset's sizes on 2 shared cores ran 3.3x and 3.9x faster as two
+single-thread jobs than as one two-thread job (144 s vs 470 s, 169 s vs 663 s, both orders).
+"""
+
+from __future__ import annotations
+
+from kdbench.config import TrainConfig
+from kdbench.errors import KdbenchError
+
+MAX_JOBS_PER_GPU = 4
+CPU_JOBS = 2
+CUDA_CONTEXT_BYTES = 600 * 2**20  # per process: CUDA context and cuDNN workspace
+# Training activations per input pixel and image in fp32 (forward and backward), rough figures for
+# torchvision ResNets; bf16/fp16 autocast halves them. An estimate to choose a default, not a guarantee.
+ACTIVATION_BYTES_PER_PIXEL = {"resnet18": 2000, "resnet34": 3000, "resnet50": 8000, "resnet101": 12000,
+                              "resnet152": 17000}
+PARAMS_M = {"resnet18": 11.7, "resnet34": 21.8, "resnet50": 25.6, "resnet101": 44.5, "resnet152": 60.2}
+
+
+def job_memory_bytes(cfg: TrainConfig) -> int:
+    """Estimated peak GPU memory of one training job (student, optimiser, activations, teacher)."""
+    half = 0.5 if cfg.precision in ("bf16", "fp16") else 1.0
+    pixels = cfg.batch_size * cfg.crop_size ** 2
+    student = PARAMS_M.get(cfg.arch, 60.0) * 1e6 * 16  # weights, gradients, Adam's two moments
+    acts = pixels * ACTIVATION_BYTES_PER_PIXEL.get(cfg.arch, 17000) * half
+    teacher = 0.0
+    if cfg.teacher_arch:  # frozen forward: weights plus the taps it keeps, about a tenth of training's
+        teacher = PARAMS_M.get(cfg.teacher_arch, 60.0) * 1e6 * 4 + 0.1 * pixels * \
+            ACTIVATION_BYTES_PER_PIXEL.get(cfg.teacher_arch, 17000) * half
+    return int(student + acts + teacher + CUDA_CONTEXT_BYTES)
+
+
+def auto_jobs_per_gpu(cfgs: list[TrainConfig], gpu_bytes: int) -> int:
+    """Jobs per GPU that fit the largest job four-fifths of `gpu_bytes`, between 1 and MAX_JOBS_PER_GPU."""
+    if not cfgs:
+        return 1
+    need = max(job_memory_bytes(c) for c in cfgs)
+    return max(1, min(MAX_JOBS_PER_GPU, int(0.8 * gpu_bytes // need)))
+
+
+def parse_jobs_per_gpu(value: str | int | None) -> int | None:
+    """'auto' / None -> None (decide later); otherwise a positive integer."""
+    if value is None or str(value).strip().lower() == "auto":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise KdbenchError(f"--jobs-per-gpu {value!r}: give a positive integer or 'auto'")
+    return n
+
+
+def job_slots(cfgs: list[TrainConfig], jobs_per_gpu: int | None, device: str | None = None) -> list[str]:
+    """One device name per concurrent job: every visible GPU `jobs_per_gpu` times (interleaved), or the CPU."""
+    import torch
+
+    use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    if not use_cuda:
+        return ["cpu"] * (jobs_per_gpu or max(1, min(CPU_JOBS, torch.get_num_threads())))
+    if not torch.cuda.is_available():
+        raise KdbenchError("--device cuda: torch sees no CUDA GPU here; use --device cpu")
+    gpus = [device] if device and ":" in device else [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if jobs_per_gpu is None:
+        smallest = min(torch.cuda.get_device_properties(g).total_memory for g in gpus)
+        jobs_per_gpu = auto_jobs_per_gpu(cfgs, smallest)
+    return [g for _ in range(jobs_per_gpu) for g in gpus]
