@@ -135,9 +135,9 @@ def test_resume_restores_method_state(tiny_data_root, tmp_path, teacher_ckpt, me
         if epoch == 1:
             raise Stop
 
-    with pytest.raises(Stop):
+    with pytest.raises(Stop):  # checkpoint_every=0: epoch 1's state is saved before the stop
         train(cfg, tiny_data_root, tmp_path / "cut", teacher_checkpoint=teacher_ckpt, max_steps=2,
-              on_epoch=stop)
+              on_epoch=stop, checkpoint_every=0)
     resumed = train(cfg, tiny_data_root, tmp_path / "cut", teacher_checkpoint=teacher_ckpt, max_steps=2)
     assert resumed.resumed_from == 1
     a, b = load_checkpoint(full.checkpoint), load_checkpoint(resumed.checkpoint)
