@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs-per-gpu", default="auto", metavar="N",
                    help="independent jobs at once on each visible GPU (default auto: from model and batch memory; "
                         "on CPU, jobs at once, 2 by default)")
+    p.add_argument("--rebuild-store", action="store_true",
+                   help="move a damaged results store aside and rebuild it from the run folders first")
     _add_training_args(p)
     _add_method_args(p)
     _add_data_root(p)
@@ -182,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("runs", help="list jobs in the results store")
     p.add_argument("--runs-dir", default="runs", help="runs folder holding results.sqlite")
-    p.add_argument("--status", default=None, choices=["pending", "running", "done", "failed"],
+    p.add_argument("--status", default=None, choices=["pending", "running", "done", "failed", "superseded"],
                    help="only jobs with this status")
 
     p = sub.add_parser("report", help="leaderboards from the results store")

@@ -51,6 +51,10 @@ def test_plan_rejects_bad_input():
         make_plan(["sckd"], resolve_scenes("SynthRoom"), [0], method_params={"sckd": {"sigma": "big"}})
     with pytest.raises(KdbenchError, match="--seeds"):
         parse_seeds("two")
+    for bad in ("0,-1", [0, -1], "0", 0, "-2"):
+        with pytest.raises(KdbenchError, match="--seeds"):
+            parse_seeds(bad)
+    assert parse_seeds("2") == [0, 1] and parse_seeds("5,0,5") == [5, 0]
 
 
 def test_second_identical_run_trains_nothing(tiny_data_root, tmp_path):
@@ -173,3 +177,15 @@ def test_ray_executor_matches_local(tiny_data_root, tmp_path):
             assert ma.keys() == mb.keys()
             for k in ma:
                 assert mb[k] == pytest.approx(ma[k], rel=1e-5, abs=1e-6), (job_id, k)
+
+
+def test_job_identity_covers_the_data_and_students_follow_their_teacher():
+    from kdbench.runners.benchmark import with_data
+
+    plan = make_plan(["baseline", "vanilla"], resolve_scenes("SynthRoom"), [0])
+    a, b = with_data(plan, {"SynthRoom": "aaaa"}), with_data(plan, {"SynthRoom": "bbbb"})
+    assert not {j.id for j in a} & {j.id for j in b} and not {j.id for j in a} & {j.id for j in plan}
+    assert with_data(plan, {"SynthRoom": "aaaa"}) == a  # the same data is the same job
+    teacher = next(j for j in a if j.kind == "teacher")
+    kd = next(j for j in a if j.cfg.method == "vanilla")
+    assert kd.teacher_id == teacher.id == kd.cfg.teacher_hash and all(j.cfg.data == "aaaa" for j in a)

@@ -18,6 +18,7 @@ _TEXT = ("arch", "backend", "device")
 _OPTIONAL_TEXT = ("note", "source")
 _INTS = ("batch", "crop", "params", "runs")
 _FLOATS = ("size_mb", "file_mb", "gflops", "latency_median_ms", "latency_p90_ms", "created")
+_MAX_INT = 2**63 - 1
 _IGNORED = ("id",)  # present when rows were dumped from a store; the importing store numbers its own
 
 
@@ -111,6 +112,9 @@ def validate_profile_row(row: Any, index: int, path: str | os.PathLike) -> dict[
         value = out[key]
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise KdbenchError(f"{where}: field {key!r} must be a whole number >= 0 or null, found {value!r}")
+        if value is not None and value > _MAX_INT:  # SQLite integers are 64-bit
+            raise KdbenchError(f"{where}: field {key!r} = {value} is too large (at most {_MAX_INT:.3g}): is it "
+                               "the right value?")
     for key in _FLOATS:
         _check_float(out[key], key, where)
     out["estimated"] = _check_estimated(out, where)
@@ -139,6 +143,11 @@ def _row_key(row: dict[str, Any]) -> tuple:
             None if created is None else round(float(created), 3))
 
 
+def _measurement_key(row: dict[str, Any]) -> tuple:
+    """Everything a measurement says, without when and from where it was imported."""
+    return tuple(row.get(k) for k in PROFILE_COLUMNS if k not in ("source", "created"))
+
+
 def import_profiles(path: str | os.PathLike, runs_dir: str | os.PathLike) -> tuple[int, int]:
     """Merge a profile JSON file into the store of `runs_dir`; returns (added, already present)."""
     from kdbench.reports.store import ResultsStore
@@ -147,9 +156,18 @@ def import_profiles(path: str | os.PathLike, runs_dir: str | os.PathLike) -> tup
     for row in rows:
         row["source"] = row["source"] or f"import {Path(path).name}"
     with ResultsStore(runs_dir) as store:
-        # The same file imported twice must not count its measurements twice.
-        seen = {_row_key(r) for r in store.profiles()}
-        new = [r for r in rows if r["created"] is None or _row_key(r) not in seen]
+        # The same file imported twice must not count its measurements twice. A row without `created`
+        # gets the import time in the store, so it is recognised by what it measured instead.
+        present = store.profiles()
+        seen = {_row_key(r) for r in present}
+        measured = {_measurement_key(r) for r in present}
+        new = []
+        for r in rows:
+            key = _row_key(r) if r["created"] is not None else _measurement_key(r)
+            if key not in (seen if r["created"] is not None else measured):
+                new.append(r)
+                seen.add(_row_key(r))
+                measured.add(_measurement_key(r))
         store.add_profiles(new)
     return len(new), len(rows) - len(new)
 

@@ -148,7 +148,7 @@ def not_shown(df: pd.DataFrame) -> dict[str, int]:
     return {"failed": int((df["status"] == "failed").sum()),
             "unfinished": int(df["status"].isin(["pending", "running"]).sum()),
             "without metrics": int(((df["status"] == "done") & ~done).sum()),
-            "superseded": int(done.sum() - len(shown_jobs(df))),
+            "superseded": int(done.sum() - len(shown_jobs(df)) + (df["status"] == "superseded").sum()),
             "of other presets": int(other.sum())}
 
 

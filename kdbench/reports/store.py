@@ -1,7 +1,18 @@
-"""Results store: one SQLite file in the runs folder. Only the driver process writes it."""
+"""Results store: one SQLite file in the runs folder. Only the driver process writes it.
+
+Guarantees:
+- Readers (`ResultsStore(runs_dir, create=False)`: `kdbench runs`, `report`, exports) open the file
+  read-only (no WAL switch, no CREATE), so a store in a read-only folder can be listed and reported.
+- A damaged file (random bytes, truncated) is a one-line KdbenchError naming the file and the recovery
+  (`kdbench run --rebuild-store`, which rebuilds the store from the run folders), never a traceback.
+- A finished result is never lost: a later failure of the same job is recorded in `last_error` and the
+  row stays 'done'; a job that replaces an older result of the same method, scene, seed and preset (new
+  data or configuration) marks the old row 'superseded' (kept, never deleted).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -10,11 +21,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from kdbench.errors import KdbenchError
 
 STORE_NAME = "results.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+STATUSES = ("pending", "running", "done", "failed", "superseded")
+FINISHED = ("done", "superseded")  # a finished result: never downgraded, never deleted
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -24,7 +38,7 @@ CREATE TABLE IF NOT EXISTS environments (
     device TEXT, hostname TEXT, platform TEXT, created REAL
 );
 CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,              -- the config hash: the same config is the same job
+    id TEXT PRIMARY KEY,              -- the config hash: the same config (data included) is the same job
     kind TEXT NOT NULL,               -- 'teacher' | 'student'
     scene TEXT NOT NULL,
     method TEXT NOT NULL,             -- 'baseline' for teachers
@@ -35,7 +49,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     preset TEXT,
     params TEXT,                      -- JSON: the method's resolved hyperparameters
     config TEXT NOT NULL,             -- JSON: the whole TrainConfig
-    status TEXT NOT NULL,             -- 'pending' | 'running' | 'done' | 'failed'
+    status TEXT NOT NULL,             -- 'pending' | 'running' | 'done' | 'failed' | 'superseded'
     error TEXT,
     run_dir TEXT,
     checkpoint TEXT,
@@ -43,7 +57,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     train_seconds REAL,
     eval_seconds REAL,
     env_id INTEGER REFERENCES environments(id),
-    created REAL, updated REAL
+    created REAL, updated REAL,
+    data TEXT,                        -- fingerprint of the scene's data (labels and images)
+    ckpt_bytes INTEGER,               -- size and SHA-256 of the checkpoint when it finished: checked on reuse
+    ckpt_sha256 TEXT,
+    last_error TEXT,                  -- the latest failed rerun of a finished job (its result is kept)
+    superseded_by TEXT                -- the job whose newer result replaced this one
 );
 CREATE TABLE IF NOT EXISTS metrics (
     job_id TEXT NOT NULL REFERENCES jobs(id),
@@ -60,29 +79,141 @@ CREATE TABLE IF NOT EXISTS profiles (
     estimated INTEGER DEFAULT 0, note TEXT, source TEXT, created REAL
 );
 """
+# Columns added after schema version 1: an older store gains them when a writer opens it.
+_ADDED_JOB_COLUMNS = {"data": "TEXT", "ckpt_bytes": "INTEGER", "ckpt_sha256": "TEXT", "last_error": "TEXT",
+                      "superseded_by": "TEXT"}
 
 JOB_COLUMNS = ("id", "kind", "scene", "method", "arch", "teacher_arch", "teacher_id", "seed", "preset", "params",
                "config", "status", "error", "run_dir", "checkpoint", "epochs_done", "train_seconds",
-               "eval_seconds", "env_id", "created", "updated")
+               "eval_seconds", "env_id", "created", "updated", *_ADDED_JOB_COLUMNS)
 PROFILE_COLUMNS = ("arch", "backend", "device", "batch", "crop", "params", "size_mb", "file_mb", "gflops",
                    "latency_median_ms", "latency_p90_ms", "runs", "estimated", "note", "source", "created")
+# Jobs that give the same leaderboard cell (method, scene, seed, preset, hyperparameters): a newer finished
+# one supersedes an older one (new data, epochs, teacher...).
+_SAME_CELL = ("kind", "scene", "method", "arch", "teacher_arch", "seed", "preset", "params")
+
+
+def damaged_store_error(path: Path, detail: str) -> KdbenchError:
+    """The one-line error for a store file SQLite cannot read."""
+    return KdbenchError(f"results store {path} is damaged ({detail}): rebuild it from the run folders with "
+                        f"`kdbench run --rebuild-store --runs-dir {path.parent}` (the damaged file is kept beside it), "
+                        "or move it aside and rerun")
+
+
+def file_sha256(path: str | os.PathLike) -> tuple[int, str]:
+    """(size in bytes, SHA-256 hex) of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return os.path.getsize(path), h.hexdigest()
+
+
+def check_runs_dir(runs_dir: str | os.PathLike) -> None:
+    """A one-line error when the runs folder names a file."""
+    runs_dir = Path(runs_dir)
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise KdbenchError(f"--runs-dir {runs_dir} is a file, not a folder: pass the folder that holds (or will "
+                           f"hold) {STORE_NAME} and the run folders")
+
+
+def check_store(runs_dir: str | os.PathLike) -> None:
+    """Raise the one-line error if the store of `runs_dir` exists and is damaged (reads it only)."""
+    path = Path(runs_dir) / STORE_NAME
+    if path.is_file() and path.stat().st_size > 0:
+        ResultsStore(runs_dir, create=False, tables=False).close()
 
 
 class ResultsStore:
-    """Transactional access to `<runs_dir>/results.sqlite`."""
+    """Transactional access to `<runs_dir>/results.sqlite`.
 
-    def __init__(self, runs_dir: str | os.PathLike, create: bool = True):
+    `create=False` opens an existing store read-only (`tables=False`: only check that it is not damaged).
+    """
+
+    def __init__(self, runs_dir: str | os.PathLike, create: bool = True, tables: bool = True):
         self.runs_dir = Path(runs_dir)
         self.path = self.runs_dir / STORE_NAME
-        if not create and not self.path.is_file():
-            raise KdbenchError(f"no results store at {self.path}: run `kdbench run --runs-dir {self.runs_dir}` first")
-        self.runs_dir.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        self.readonly = not create
+        check_runs_dir(self.runs_dir)
+        if self.readonly:
+            if not self.path.is_file():
+                raise KdbenchError(f"no results store at {self.path}: run `kdbench run --runs-dir {self.runs_dir}` "
+                                   "first")
+            self.conn = self._connect_readonly()
+            self._check()
+            if tables and not self._has_tables():
+                self.conn.close()
+                raise KdbenchError(f"results store {self.path} holds no kdbench tables (empty, or not written by "
+                                   f"kdbench): run `kdbench run --runs-dir {self.runs_dir}` to fill it")
+        else:
+            try:
+                self.runs_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise KdbenchError(f"cannot create the runs folder {self.runs_dir} ({exc.strerror or exc}): pass "
+                                   "a writable --runs-dir") from None
+            existed = self.path.is_file() and self.path.stat().st_size > 0
+            try:
+                self.conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            except sqlite3.Error as exc:
+                raise KdbenchError(f"cannot open the results store {self.path} ({exc}): the runs folder must be "
+                                   "writable") from None
+            if existed:
+                self._check()
+            try:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=FULL")
+                self.conn.executescript(_SCHEMA)
+                self._migrate()
+                self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            except sqlite3.OperationalError as exc:
+                self.conn.close()
+                raise KdbenchError(f"cannot write the results store {self.path} ({exc}): the runs folder and the "
+                                   "file must be writable (read-only commands such as `kdbench report` work "
+                                   "without)") from None
+            except sqlite3.DatabaseError as exc:
+                self.conn.close()
+                raise damaged_store_error(self.path, str(exc)) from None
         self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")
-        self.conn.executescript(_SCHEMA)
-        self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            # A WAL store in a folder we cannot write: SQLite cannot create its -shm file. Nothing can be
+            # writing it either, so read it as an immutable file.
+            conn = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None)
+            return conn
+        except sqlite3.DatabaseError as exc:
+            raise damaged_store_error(self.path, str(exc)) from None
+
+    def _check(self) -> None:
+        """A quick integrity check (milliseconds for a results store): damage is an error, not a traceback."""
+        try:
+            rows = self.conn.execute("PRAGMA quick_check").fetchall()
+        except sqlite3.OperationalError as exc:
+            self.conn.close()
+            raise KdbenchError(f"cannot read the results store {self.path} ({exc})") from None
+        except sqlite3.DatabaseError as exc:
+            self.conn.close()
+            raise damaged_store_error(self.path, str(exc)) from None
+        first = rows[0][0] if rows else "ok"
+        if first != "ok":
+            self.conn.close()
+            raise damaged_store_error(self.path, str(first))
+
+    def _has_tables(self) -> bool:
+        names = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return {"jobs", "metrics", "profiles"} <= names
+
+    def _migrate(self) -> None:
+        have = {r[1] for r in self.conn.execute("PRAGMA table_info(jobs)")}
+        for col, decl in _ADDED_JOB_COLUMNS.items():
+            if col not in have:
+                self.conn.execute(f"ALTER TABLE jobs ADD COLUMN {col} {decl}")
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
         self.conn.close()
@@ -96,13 +227,32 @@ class ResultsStore:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error: a write lands whole or not at all."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        if self.readonly:
+            raise KdbenchError(f"results store {self.path} was opened read-only")
+        with self._errors():
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Damage found after opening (a later page) is a one-line error too."""
         try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
+            yield
+        except sqlite3.OperationalError:
             raise
-        self.conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.IntegrityError):
+                raise
+            raise damaged_store_error(self.path, str(exc)) from None
+
+    def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        with self._errors():
+            return self.conn.execute(sql, args).fetchall()
 
     # environments -------------------------------------------------------------------------------
     def add_environment(self, env: dict[str, Any]) -> int:
@@ -121,11 +271,16 @@ class ResultsStore:
 
     # jobs ---------------------------------------------------------------------------------------
     def get_job(self, job_id: str) -> dict[str, Any] | None:
-        row = self.conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return dict(row) if row else None
+        """The row of a job, or None."""
+        rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return dict(rows[0]) if rows else None
 
     def upsert_job(self, job: dict[str, Any]) -> None:
-        """Insert a job row, or update the given columns of an existing one (one transaction)."""
+        """Insert a job row, or update the given columns of an existing one (one transaction).
+
+        A finished row keeps its status and result: 'pending', 'running' or 'failed' never overwrite them
+        (a failure's message goes to `last_error`).
+        """
         job = dict(job)
         now = time.time()
         job["updated"] = now
@@ -133,8 +288,12 @@ class ResultsStore:
             if key in job and not isinstance(job[key], str):
                 job[key] = json.dumps(job[key], sort_keys=True, default=str)
         with self.transaction() as c:
-            exists = c.execute("SELECT 1 FROM jobs WHERE id = ?", (job["id"],)).fetchone()
-            if exists:
+            row = c.execute("SELECT status FROM jobs WHERE id = ?", (job["id"],)).fetchone()
+            if row:
+                if row[0] in FINISHED and job.get("status") not in (None, *FINISHED):
+                    if job.pop("status") == "failed" and "error" in job:
+                        job["last_error"] = job["error"]
+                    job.pop("error", None)
                 sets = [k for k in job if k != "id"]
                 c.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in sets)} WHERE id = ?",
                           tuple(job[k] for k in sets) + (job["id"],))
@@ -144,23 +303,64 @@ class ResultsStore:
                 c.execute(f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                           tuple(job[k] for k in cols))
 
-    def finish_job(self, job_id: str, metrics: dict[str, float], **fields: Any) -> None:
-        """Mark a job done and write its metrics, all in one transaction."""
-        fields = {**fields, "status": "done", "error": None, "updated": time.time()}
+    def record_failure(self, job_id: str, error: str, **fields: Any) -> bool:
+        """Record a failed attempt; returns True when the job's earlier finished result was kept."""
+        with self.transaction() as c:
+            row = c.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            kept = bool(row) and row[0] in FINISHED
+            fields = {**fields, "updated": time.time(), **(
+                {"last_error": error} if kept else {"status": "failed", "error": error})}
+            c.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
+                      tuple(fields.values()) + (job_id,))
+        return kept
+
+    def finish_job(self, job_id: str, metrics: dict[str, float], **fields: Any) -> list[str]:
+        """Mark a job done and write its metrics, all in one transaction; returns the ids it superseded."""
+        fields = {**fields, "status": "done", "error": None, "last_error": None, "superseded_by": None,
+                  "updated": time.time()}
         with self.transaction() as c:
             c.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
                       tuple(fields.values()) + (job_id,))
             c.execute("DELETE FROM metrics WHERE job_id = ?", (job_id,))
             c.executemany("INSERT INTO metrics (job_id, name, value) VALUES (?, ?, ?)",
                           [(job_id, k, float(v)) for k, v in metrics.items()])
+            return self._supersede_others(c, job_id)
+
+    def reinstate(self, job_id: str) -> list[str]:
+        """A superseded result that is current again (the data went back) becomes 'done'; returns what it supersedes."""
+        with self.transaction() as c:
+            c.execute("UPDATE jobs SET status = 'done', superseded_by = NULL, updated = ? WHERE id = ? "
+                      "AND status = 'superseded'", (time.time(), job_id))
+            return self._supersede_others(c, job_id)
+
+    @staticmethod
+    def _supersede_others(c: sqlite3.Connection, job_id: str) -> list[str]:
+        row = c.execute(f"SELECT {', '.join(_SAME_CELL)} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            return []
+        where = " AND ".join(f"{k} IS ?" for k in _SAME_CELL)
+        ids = [r[0] for r in c.execute(f"SELECT id FROM jobs WHERE id != ? AND status = 'done' AND {where}",
+                                       (job_id, *row))]
+        c.executemany("UPDATE jobs SET status = 'superseded', superseded_by = ?, updated = ? WHERE id = ?",
+                      [(job_id, time.time(), i) for i in ids])
+        return ids
+
+    def set_fields(self, job_id: str, **fields: Any) -> None:
+        """Update some columns of a job without touching its status."""
+        fields.pop("status", None)
+        with self.transaction() as c:
+            c.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
+                      tuple(fields.values()) + (job_id,))
 
     def jobs(self, status: str | None = None) -> list[dict[str, Any]]:
+        """Job rows (optionally of one status) in the order they were first planned."""
         q = "SELECT * FROM jobs" + (" WHERE status = ?" if status else "") + " ORDER BY created"
-        return [dict(r) for r in self.conn.execute(q, (status,) if status else ())]
+        return [dict(r) for r in self._query(q, (status,) if status else ())]
 
     def metrics(self, job_id: str) -> dict[str, float]:
-        return {r["name"]: r["value"] for r in self.conn.execute(
-            "SELECT name, value FROM metrics WHERE job_id = ?", (job_id,))}
+        """The metrics of a job (empty when it has none)."""
+        return {r["name"]: r["value"] for r in self._query("SELECT name, value FROM metrics WHERE job_id = ?",
+                                                           (job_id,))}
 
     # profiles -----------------------------------------------------------------------------------
     def add_profiles(self, rows: list[dict[str, Any]]) -> int:
@@ -175,4 +375,58 @@ class ResultsStore:
         return len(rows)
 
     def profiles(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.conn.execute("SELECT * FROM profiles ORDER BY id")]
+        """Every profile row in the order it was added."""
+        return [dict(r) for r in self._query("SELECT * FROM profiles ORDER BY id")]
+
+
+# rebuilding from the run folders ---------------------------------------------------------------------------
+def rebuild_store(runs_dir: str | os.PathLike) -> tuple[Path | None, int]:
+    """Move a damaged store aside and rebuild it from the run folders' config.json and metrics.json.
+
+    Returns (where the old file went, or None if there was none; how many finished jobs were recovered).
+    Profile rows lived only in the store: re-import their JSON files (`kdbench import`).
+    """
+    runs_dir = Path(runs_dir)
+    check_runs_dir(runs_dir)
+    path = runs_dir / STORE_NAME
+    aside = None
+    if path.exists():
+        aside = path.with_name(f"{STORE_NAME}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(path, aside)
+        for suffix in ("-wal", "-shm", "-journal"):
+            side = path.with_name(STORE_NAME + suffix)
+            if side.exists():
+                os.replace(side, aside.with_name(aside.name + suffix))
+    found = []
+    for cfg_file in runs_dir.glob("*/*/config.json"):
+        found.extend(_recovered_job(runs_dir, cfg_file))
+    found.sort(key=lambda item: item[0].pop("finished"))  # oldest first: the newest of a cell stays done
+    with ResultsStore(runs_dir) as store:
+        for row, metrics in found:
+            store.upsert_job({**row, "status": "pending"})
+            store.finish_job(row["id"], metrics, checkpoint=row["checkpoint"], epochs_done=row["epochs_done"])
+    return aside, len(found)
+
+
+def _recovered_job(runs_dir: Path, cfg_file: Path) -> list[tuple[dict[str, Any], dict[str, float]]]:
+    """The row and metrics of one finished run folder ([] when it is unfinished or not a kdbench job)."""
+    from kdbench.config import TrainConfig
+
+    folder = cfg_file.parent
+    metrics_file = folder / "metrics.json"
+    try:
+        cfg_dict = json.loads(cfg_file.read_text(encoding="utf-8"))
+        metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+        cfg = TrainConfig.from_dict(cfg_dict)
+    except (OSError, ValueError, TypeError, KdbenchError):
+        return []
+    if cfg.hash() != cfg_dict.get("hash") or not folder.name.endswith(cfg.hash()) or not isinstance(metrics, dict):
+        return []
+    ckpt = folder / "checkpoint.pt"
+    run_dir = folder.relative_to(runs_dir).as_posix()
+    row = {"id": cfg.hash(), "kind": cfg.role, "scene": cfg.scene, "method": cfg.method, "arch": cfg.arch,
+           "teacher_arch": cfg.teacher_arch, "teacher_id": cfg.teacher_hash, "seed": cfg.seed, "preset": cfg.preset,
+           "params": cfg.method_params, "config": cfg.to_dict(), "run_dir": run_dir, "data": cfg.data,
+           "checkpoint": f"{run_dir}/checkpoint.pt" if ckpt.is_file() else None, "epochs_done": cfg.epochs,
+           "finished": metrics_file.stat().st_mtime}
+    return [(row, {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})]

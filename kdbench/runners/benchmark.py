@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,10 +14,11 @@ from kdbench.config import get_preset
 from kdbench.errors import KdbenchError
 from kdbench.methods import load_plugin, parse_set_args
 from kdbench.progress import JobProgress, console
-from kdbench.reports.store import ResultsStore
+from kdbench.reports.store import FINISHED, STORE_NAME, ResultsStore, check_store, rebuild_store
 from kdbench.runners.executors import EXECUTORS
 from kdbench.runners.plan import Job, make_plan, parse_methods, parse_seeds
 from kdbench.runners.preflight import check_device, check_weights, parse_weights
+from kdbench.runners.train import CHECKPOINT
 from kdbench.scenes.catalog import SceneSpec, is_on_disk, resolve_scenes, scene_dir
 from kdbench.scenes.status import download_size
 
@@ -25,11 +28,20 @@ class BenchmarkResult:
     """What one `kdbench run` did."""
 
     jobs: list[Job]
-    reused: list[str] = field(default_factory=list)  # ids already done before this run
-    done: list[str] = field(default_factory=list)  # ids finished by this run
+    reused: list[str] = field(default_factory=list)  # ids finished before (or by another run during) this one
+    done: list[str] = field(default_factory=list)  # ids trained by this run
+    evaluated: list[str] = field(default_factory=list)  # ids whose final checkpoint was only evaluated now
     failed: dict[str, str] = field(default_factory=dict)  # id -> error
+    kept: list[str] = field(default_factory=list)  # failed ids whose earlier finished result is kept
+    elsewhere: set[str] = field(default_factory=set)  # ids another kdbench run was running (we waited)
+    repaired: dict[str, str] = field(default_factory=dict)  # finished teachers retrained: id -> why
+    superseded: list[str] = field(default_factory=list)  # older results replaced by this run's (kept in the store)
+    rebuilt: tuple[Path | None, int] | None = None  # (damaged store moved to, jobs recovered) with rebuild=True
     store_path: Path | None = None
     seconds: float = 0.0
+
+
+LOCK_NAME = ".lock"
 
 
 def ensure_scenes(specs: list[SceneSpec], data_root: str | os.PathLike | None, load_size: int,
@@ -62,12 +74,97 @@ def ensure_scenes(specs: list[SceneSpec], data_root: str | os.PathLike | None, l
     return fingerprints
 
 
+def _known_fingerprint(spec: SceneSpec, data_root: str | os.PathLike | None, load_size: int) -> str | None:
+    """The scene's data fingerprint if its caches are prepared, else None; builds nothing (a dry run writes nothing)."""
+    from kdbench.scenes.cache import data_fingerprint
+
+    try:
+        return data_fingerprint(spec, data_root, load_size)
+    except KdbenchError:
+        return None
+
+
 def _job_row(job: Job, status: str, env_id: int) -> dict[str, Any]:
     c = job.cfg
     return {"id": job.id, "kind": job.kind, "scene": c.scene, "method": job.method, "arch": c.arch,
             "teacher_arch": c.teacher_arch, "teacher_id": job.teacher_id, "seed": c.seed, "preset": c.preset,
             "params": c.method_params, "config": c.to_dict(), "status": status, "run_dir": job.run_dir,
-            "env_id": env_id}
+            "env_id": env_id, "data": c.data}
+
+
+def with_data(jobs: list[Job], fingerprints: dict[str, str]) -> list[Job]:
+    """The plan with each job's data fingerprint in its config: changed data is a different job.
+
+    A student names its teacher by hash, so teachers are renamed first and students follow them.
+    """
+    renamed: dict[str, str] = {}
+    out = []
+    for job in jobs:
+        cfg = job.cfg.replace(data=fingerprints[job.cfg.scene])
+        teacher_id = renamed[job.teacher_id] if job.teacher_id else None
+        if teacher_id:
+            cfg = cfg.replace(teacher_hash=teacher_id)
+        new = dataclasses.replace(job, cfg=cfg, teacher_id=teacher_id)  # keeps the variant label
+        renamed[job.id] = new.id
+        out.append(new)
+    return out
+
+
+def _checkpoint_problem(runs_dir: Path, job: Job, row: dict[str, Any], store: ResultsStore) -> str | None:
+    """Why a finished job's checkpoint cannot be reused (None when it is sound).
+
+    Checked against the size and SHA-256 recorded when it finished; a row from before they were recorded
+    is checked by loading the file (weights only), and the checksum is recorded for next time.
+    """
+    from kdbench.reports.store import file_sha256
+    from kdbench.runners.train import load_checkpoint
+
+    path = runs_dir / job.run_dir / CHECKPOINT
+    if not path.is_file():
+        return f"its checkpoint {path} is missing"
+    size = path.stat().st_size
+    if row.get("ckpt_bytes") is not None:
+        if size != row["ckpt_bytes"]:
+            return f"its checkpoint {path} has {size} bytes, {row['ckpt_bytes']} were written (truncated or replaced)"
+        if file_sha256(path)[1] != row["ckpt_sha256"]:
+            return f"its checkpoint {path} does not match the SHA-256 recorded when it finished (damaged)"
+        return None
+    try:
+        ckpt = load_checkpoint(path)
+    except KdbenchError as exc:
+        return str(exc)
+    if ckpt.get("hash") != job.id or int(ckpt.get("epoch", -1)) != job.cfg.epochs:
+        return f"its checkpoint {path} is not the finished model of this job"
+    store.set_fields(job.id, **dict(zip(("ckpt_bytes", "ckpt_sha256"), file_sha256(path))))
+    return None
+
+
+def _try_lock(stack: ExitStack, runs_dir: Path, job: Job) -> bool:
+    """Lock a job's folder for this process (held until `stack` closes); False if another process holds it."""
+    from kdbench.locks import file_lock
+
+    folder = runs_dir / job.run_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        stack.enter_context(file_lock(folder / LOCK_NAME, f"job {job.label}", timeout=0, quiet=True))
+    except KdbenchError:
+        return False
+    return True
+
+
+def _wait_for(runs_dir: Path, jobs: list[Job], quiet: bool) -> None:
+    """Block until no other process holds these jobs' locks."""
+    from kdbench.locks import file_lock
+
+    for job in jobs:
+        with file_lock(runs_dir / job.run_dir / LOCK_NAME, f"job {job.label} (running in another kdbench run)",
+                       quiet=quiet):
+            pass
+
+
+def _finished(store: ResultsStore, job: Job, runs: Path) -> dict[str, Any] | None:
+    row = store.get_job(job.id)
+    return row if is_reusable(row, job, runs) else None
 
 
 @dataclass
@@ -103,8 +200,10 @@ def plan_benchmark(methods: str | list[str] = "all", scenes: str | list[str] = "
     specs = resolve_scenes(scenes)
     jobs = make_plan(parse_methods(methods), specs, parse_seeds(seeds), teacher_arch, student_arch, preset,
                      parse_set_args(sets), **overrides)
+    load_size = overrides.get("load_size") or get_preset(preset).load_size
+    jobs = with_data(jobs, {s.name: _known_fingerprint(s, data_root, load_size) for s in specs})
     frames = {s.name: _frame_counts(s, data_root) for s in specs}
-    return BenchmarkPlan(specs, jobs, plugins, overrides.get("load_size") or get_preset(preset).load_size, frames)
+    return BenchmarkPlan(specs, jobs, plugins, load_size, frames)
 
 
 def _frame_counts(spec: SceneSpec, data_root: str | os.PathLike | None) -> tuple[int, int]:
@@ -120,8 +219,12 @@ def _frame_counts(spec: SceneSpec, data_root: str | os.PathLike | None) -> tuple
 
 
 def is_reusable(row: dict[str, Any] | None, job: Job, runs_dir: str | os.PathLike) -> bool:
-    """A job is reused when the store has it done and its checkpoint is still there."""
-    return bool(row and row["status"] == "done" and (Path(runs_dir) / job.run_dir / "checkpoint.pt").is_file())
+    """A job is reused when the store has its finished result (done, or superseded and current again).
+
+    Its checkpoint is needed, and then verified, only while a student still has to learn from it (see
+    `run_benchmark`): a finished student whose checkpoint was deleted keeps its result.
+    """
+    return bool(row and row["status"] in FINISHED)
 
 
 def run_benchmark(methods: str | list[str] = "all", scenes: str | list[str] = "synthetic",
@@ -130,13 +233,17 @@ def run_benchmark(methods: str | list[str] = "all", scenes: str | list[str] = "s
                   executor: str = "local", address: str | None = None, runs_dir: str | os.PathLike = "runs",
                   data_root: str | os.PathLike | None = None, quiet: bool = False, device: str | None = None,
                   precision: str | None = "auto", jobs_per_gpu: int | str | None = None,
-                  checkpoint_every: float | None = None, **overrides: Any) -> BenchmarkResult:
-    """Run the benchmark; finished jobs (same config hash) are reused, failed ones recorded, none lost.
+                  checkpoint_every: float | None = None, rebuild: bool = False,
+                  **overrides: Any) -> BenchmarkResult:
+    """Run the benchmark; finished jobs (same config and data) are reused, failed ones recorded, none lost.
 
     `overrides` set TrainConfig fields for every job (e.g. epochs=2, load_size=32 in tests; weights may be
     `ARCH=PATH,...`). Initial weights and the device are checked before any scene is prepared or job trained.
     `precision` 'auto' is resolved for the device before planning, so every job's config records what it trains
     in; `jobs_per_gpu` (None: auto) jobs run at once on each visible GPU (on CPU: processes sharing the cores).
+    `rebuild` moves a damaged results store aside and rebuilds it from the run folders first. A job is
+    locked while it runs (`<run folder>/.lock`): a second run on the same runs folder leaves it to the
+    first, waits for it, and then reuses its result.
     """
     from kdbench.runners.concurrency import parse_jobs_per_gpu
     from kdbench.runners.precision import resolve_precision
@@ -144,61 +251,128 @@ def run_benchmark(methods: str | list[str] = "all", scenes: str | list[str] = "s
     t_start = time.perf_counter()
     overrides["precision"] = resolve_precision(precision, check_device(device))
     jobs_per_gpu = parse_jobs_per_gpu(jobs_per_gpu)
+    runs = Path(runs_dir)
+    if runs.exists() and not runs.is_dir():
+        raise KdbenchError(f"--runs-dir {runs} is a file, not a folder: pass the folder that holds (or will hold) "
+                           f"{STORE_NAME} and the run folders")
     plan = plan_benchmark(methods, scenes, seeds, teacher_arch, student_arch, preset, sets, plugins, executor,
                           data_root, **overrides)
     jobs, plugins = plan.jobs, plan.plugins
     device = check_device(device)
     check_weights({(j.cfg.arch, j.cfg.weights) for j in jobs})
-    ensure_scenes(plan.specs, data_root, plan.load_size, quiet)
+    result = BenchmarkResult(jobs)
+    if rebuild:
+        result.rebuilt = rebuild_store(runs)
+    else:
+        check_store(runs)  # a damaged store stops the run before any scene work
+    fingerprints = ensure_scenes(plan.specs, data_root, plan.load_size, quiet)
     plan.frames = {s.name: _frame_counts(s, data_root) for s in plan.specs}  # synthetic ones exist now
+    jobs = plan.jobs = result.jobs = with_data(jobs, fingerprints)
 
     from kdbench.runners.environment import environment
 
-    store = ResultsStore(runs_dir)
-    result = BenchmarkResult(jobs, store_path=store.path)
+    store = ResultsStore(runs)
+    result.store_path = store.path
     try:
         env_id = store.add_environment(environment(device))
-        todo = []
+        finished = {j.id: _finished(store, j, runs) for j in jobs}
+        # A finished teacher must have a sound checkpoint only while a student still has to learn from it.
+        needed = {j.teacher_id for j in jobs if j.teacher_id and not finished[j.id]}
         for job in jobs:
-            if is_reusable(store.get_job(job.id), job, runs_dir):
+            row = finished[job.id]
+            if row and job.id in needed:
+                problem = _checkpoint_problem(runs, job, row, store)
+                if problem:
+                    ckpt = runs / job.run_dir / CHECKPOINT
+                    if ckpt.is_file():  # kept for inspection, out of the way of the retraining
+                        os.replace(ckpt, ckpt.with_name(CHECKPOINT + ".damaged"))
+                    result.repaired[job.id] = f"{job.label}: {problem}; retraining it"
+                    finished[job.id] = None
+        pending = []
+        for job in jobs:
+            if finished[job.id]:
                 result.reused.append(job.id)
-                continue
-            store.upsert_job(_job_row(job, "pending", env_id))
-            todo.append(job)
+                if finished[job.id]["status"] == "superseded":  # the data went back to what it was
+                    result.superseded += store.reinstate(job.id)
+            else:
+                pending.append(job)
         teachers = {j.id: j for j in jobs if j.kind == "teacher"}
-        by_id = {j.id: j for j in todo}
         if not quiet:
             console.print(f"[bold]kdbench run[/]: {len(jobs)} jobs, {len(result.reused)} already done, "
-                          f"{len(todo)} to run ({executor} executor, {sum(map(plan.images, todo)):,} images to "
-                          f"process); store {store.path}", highlight=False, soft_wrap=True)
-        with JobProgress(len(todo), sum(plan.images(j) for j in todo), quiet) as progress:
+                          f"{len(pending)} to run ({executor} executor, {sum(map(plan.images, pending)):,} images "
+                          f"to process); store {store.path}", highlight=False, soft_wrap=True)
+        with JobProgress(len(pending), sum(plan.images(j) for j in pending), quiet) as progress:
 
             def on_start(job: Job) -> None:
                 store.upsert_job({"id": job.id, "status": "running"})
                 progress.start(job.label, job.cfg.epochs, plan.images(job), short=_short_label(job))
 
-            run = EXECUTORS[executor]
-            for res in run(todo, teachers, runs_dir, data_root, tuple(plugins), address=address,
-                           on_start=on_start if executor == "local" else None, on_epoch=progress.epoch,
-                           device=device, jobs_per_gpu=jobs_per_gpu, checkpoint_every=checkpoint_every):
-                env = store.add_environment(res["env"]) if res.get("env") else env_id
-                job = by_id[res["id"]]
-                if res["status"] == "done":
-                    store.finish_job(res["id"], res["metrics"], checkpoint=res["checkpoint"],
-                                     epochs_done=res["epochs_done"], train_seconds=res["train_seconds"],
-                                     eval_seconds=res["eval_seconds"], env_id=env)
-                    result.done.append(res["id"])
-                    m = res["metrics"]
-                    progress.finish(job.label, True, f"median {m.get('median_t', float('nan')):.3g} m / "
-                                    f"{m.get('median_r', float('nan')):.3g} deg", plan.images(job))
-                else:
-                    store.upsert_job({"id": res["id"], "status": "failed", "error": res["error"], "env_id": env})
-                    result.failed[res["id"]] = res["error"]
-                    progress.finish(job.label, False, res["error"], plan.images(job))
+            round_args = dict(teachers=teachers, runs=runs, data_root=data_root, plugins=plugins,
+                              executor=executor, address=address, device=device, store=store, env_id=env_id,
+                              result=result, plan=plan, progress=progress,
+                              on_start=on_start if executor == "local" else None, jobs_per_gpu=jobs_per_gpu,
+                              checkpoint_every=checkpoint_every)
+            while pending:
+                deferred = _run_round(pending, **round_args)
+                if not deferred:
+                    break
+                _wait_for(runs, [j for j in deferred if j.id in result.elsewhere], quiet)
+                pending = deferred
     finally:
         store.close()
     result.seconds = time.perf_counter() - t_start
     return result
+
+
+def _run_round(pending: list[Job], *, teachers: dict[str, Job], runs: Path, data_root: str | os.PathLike | None,
+               plugins: list[str], executor: str, address: str | None, device: str | None, store: ResultsStore,
+               env_id: int, result: BenchmarkResult, plan: BenchmarkPlan, progress: JobProgress,
+               on_start: Any, jobs_per_gpu: int | None, checkpoint_every: float | None) -> list[Job]:
+    """Lock what no other process runs, run it, record the results; return the jobs left for later."""
+    from kdbench.reports.store import file_sha256
+
+    deferred: list[Job] = []
+    with ExitStack() as locks:
+        mine = []
+        for job in pending:
+            if job.teacher_id and any(d.id == job.teacher_id for d in deferred):
+                deferred.append(job)  # its teacher is being trained elsewhere
+            elif not _try_lock(locks, runs, job):
+                result.elsewhere.add(job.id)
+                deferred.append(job)
+            elif job.id not in result.repaired and _finished(store, job, runs):  # another run finished it
+                result.reused.append(job.id)
+                progress.finish(job.label, True, "finished by another kdbench run")
+            else:
+                mine.append(job)
+        for job in mine:
+            store.upsert_job(_job_row(job, "pending", env_id))
+        by_id = {j.id: j for j in mine}
+        for res in EXECUTORS[executor](mine, teachers, runs, data_root, tuple(plugins), address=address,
+                                       on_start=on_start, on_epoch=progress.epoch, device=device,
+                                       jobs_per_gpu=jobs_per_gpu, checkpoint_every=checkpoint_every):
+            env = store.add_environment(res["env"]) if res.get("env") else env_id
+            job = by_id[res["id"]]
+            if res["status"] == "done":
+                ckpt = runs / res["checkpoint"]
+                size, sha = file_sha256(ckpt) if ckpt.is_file() else (None, None)
+                result.superseded += store.finish_job(
+                    res["id"], res["metrics"], checkpoint=res["checkpoint"], epochs_done=res["epochs_done"],
+                    train_seconds=res["train_seconds"], eval_seconds=res["eval_seconds"], env_id=env,
+                    ckpt_bytes=size, ckpt_sha256=sha)
+                if res.get("resumed_from") is not None and res["resumed_from"] >= res["epochs_done"]:
+                    result.evaluated.append(res["id"])  # its last checkpoint was final: only evaluated now
+                else:
+                    result.done.append(res["id"])
+                m = res["metrics"]
+                progress.finish(job.label, True, f"median {m.get('median_t', float('nan')):.3g} m / "
+                                f"{m.get('median_r', float('nan')):.3g} deg", plan.images(job))
+            else:
+                if store.record_failure(res["id"], res["error"], env_id=env):
+                    result.kept.append(res["id"])
+                result.failed[res["id"]] = res["error"]
+                progress.finish(job.label, False, res["error"], plan.images(job))
+    return deferred
 
 
 def _short_label(job: Job) -> str:

@@ -27,6 +27,10 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
 
 def _check_file(path: str | None, what: str, fix: str) -> None:
     # Before anything imports torch: a typo in a path is reported in a fraction of a second.
+    if path is not None and Path(path).expanduser().is_dir():
+        inside = Path(path).expanduser() / "checkpoint.pt"
+        raise KdbenchError(f"{what} {path} is a folder, not a file: "
+                           + (f"pass {inside}" if inside.is_file() else fix))
     if path is not None and not Path(path).expanduser().is_file():
         raise KdbenchError(f"{what} {path} does not exist: {fix}")
 
@@ -189,6 +193,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the benchmark, print the leaderboard and a summary of failures (non-zero exit if any)."""
+    from kdbench.reports.store import check_runs_dir
     from kdbench.runners.benchmark import plan_benchmark, run_benchmark
 
     options = dict(methods=args.methods, scenes=args.scenes, seeds=args.seeds, teacher_arch=args.teacher_arch,
@@ -207,6 +212,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print_dry_run(plan_benchmark(**options), args.runs_dir, args.data_root)
         return 0
     plan_benchmark(**options)  # every argument checked before the resolved options are recorded
+    check_runs_dir(args.runs_dir)
     from kdbench.cli import build_parser, subparser
     from kdbench.runners.benchconfig import write_resolved_config
 
@@ -214,16 +220,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"options of this run: {written}", file=sys.stderr)
     res = run_benchmark(address=args.address, runs_dir=args.runs_dir, quiet=args.quiet, device=args.device,
-                        jobs_per_gpu=args.jobs_per_gpu, checkpoint_every=args.checkpoint_every, **options)
+                        jobs_per_gpu=args.jobs_per_gpu, checkpoint_every=args.checkpoint_every,
+                        rebuild=args.rebuild_store, **options)
     print_leaderboard(args.runs_dir, args.scenes, [job.id for job in res.jobs])  # what this run was asked
-    print(f"{len(res.jobs)} jobs: {len(res.done)} trained now, {len(res.reused)} reused, {len(res.failed)} failed "
-          f"({res.seconds:.0f} s). Store: {res.store_path}")
+    print(run_summary(res))
     if res.failed:
         print("failed jobs:")
         for job_id, error in res.failed.items():
-            print(f"  {job_id}: {error}")
+            kept = " (its earlier finished result is kept)" if job_id in res.kept else ""
+            print(f"  {job_id}: {error}{kept}")
         return 1
     return 0
+
+
+def run_summary(res) -> str:
+    """What a run did, in a few lines: trained, evaluated, reused, failed, repaired, superseded."""
+    elsewhere = len(res.elsewhere & set(res.reused))
+    parts = [f"{len(res.done)} trained now"]
+    if res.evaluated:
+        parts.append(f"{len(res.evaluated)} evaluated from a finished checkpoint")
+    parts.append(f"{len(res.reused)} reused" + (f" ({elsewhere} finished by another kdbench run)" if elsewhere
+                                                else ""))
+    parts.append(f"{len(res.failed)} failed")
+    lines = [f"{len(res.jobs)} jobs: {', '.join(parts)} ({res.seconds:.0f} s). Store: {res.store_path}"]
+    if res.rebuilt:
+        aside, n = res.rebuilt
+        lines.append(f"rebuilt the results store from {n} finished run folder(s)"
+                     + (f"; the old file is kept as {aside}" if aside else ""))
+    lines += [f"repaired: {why}" for why in res.repaired.values()]
+    if res.superseded:
+        lines.append(f"{len(res.superseded)} earlier result(s) of the same method, scene and seed (other data or "
+                     "configuration) are marked superseded; they stay in the store (`kdbench runs --status "
+                     "superseded`)")
+    return "\n".join(lines)
 
 
 def print_leaderboard(runs_dir: str, scenes: str | None, job_ids: list[str] | None = None) -> None:
@@ -251,8 +280,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
         for r in rows:
             m = store.metrics(r["id"])
             tr = f"{m['median_t']:.3g} m / {m['median_r']:.3g}°" if "median_t" in m else ""
+            error = r["error"] or (f"a rerun failed: {r['last_error']}" if r.get("last_error") else "")
             table.add_row(r["id"], r["kind"], _origin(r), r["scene"], r["method"], r["arch"], str(r["seed"]),
-                          r["status"], tr, (r["error"] or "")[:80])
+                          r["status"], tr, error[:80])
         out_console.print(table)
     finally:
         store.close()

@@ -46,6 +46,7 @@ def run_job(job: Job, runs_dir: str | os.PathLike, data_root: str | os.PathLike 
                     checkpoint_every=DEFAULT_EVERY_S if checkpoint_every is None else checkpoint_every,
                     data_share=data_share)
         result.update(status="done", metrics=res.metrics, epochs_done=res.epochs_done,
+                      resumed_from=res.resumed_from,
                       skipped_steps=res.skipped_steps, device=device,
                       train_seconds=res.train_seconds, eval_seconds=res.eval_seconds,
                       checkpoint=os.path.join(job.run_dir, CHECKPOINT))

@@ -51,21 +51,28 @@ def parse_methods(arg: str | list[str]) -> list[str]:
 
 
 def parse_seeds(arg: str | int | list[int]) -> list[int]:
-    """`3` means seeds 0, 1, 2; `0,5,7` means those seeds."""
+    """`3` means seeds 0, 1, 2; `0,5,7` means those seeds (each a whole number >= 0)."""
     if isinstance(arg, int):
-        return list(range(arg))
-    if isinstance(arg, list):
-        return arg
-    text = str(arg).strip()
-    try:
-        if "," in text:
-            return [int(s) for s in text.split(",") if s.strip()]
-        n = int(text)
-    except ValueError:
-        raise KdbenchError(f"--seeds {arg!r}: give a count (3) or a comma-separated list (0,1,2)") from None
-    if n < 1:
+        seeds = None if arg < 1 else list(range(arg))
+    elif isinstance(arg, list):
+        seeds = list(arg)
+    else:
+        text = str(arg).strip()
+        try:
+            if "," in text:
+                seeds = [int(s) for s in text.split(",") if s.strip()]
+            else:
+                n = int(text)
+                seeds = None if n < 1 else list(range(n))
+        except ValueError:
+            raise KdbenchError(f"--seeds {arg!r}: give a count (3) or a comma-separated list (0,1,2)") from None
+    if seeds is None:
         raise KdbenchError(f"--seeds {arg!r}: the count must be at least 1")
-    return list(range(n))
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    if bad or not seeds:
+        raise KdbenchError(f"--seeds {arg!r}: seeds are whole numbers >= 0 (found {bad[0] if bad else 'none'}); "
+                           "give a count (3) or a list such as 0,1,2")
+    return list(dict.fromkeys(seeds))
 
 
 def make_plan(methods: list[str], scenes: list[SceneSpec], seeds: list[int], teacher_arch: str = "resnet34",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     ckpt = read_torch_file(path, "checkpoint")
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise KdbenchError(f"{path} is not a kdbench checkpoint (no model/config): was it written by kdbench train?")
+    try:
+        cfg = TrainConfig.from_dict(ckpt["config"])
+    except (TypeError, AttributeError):
+        required = [f.name for f in fields(TrainConfig) if f.default is MISSING and f.default_factory is MISSING]
+        have = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
+        missing = [k for k in required if k not in have] or ["(malformed)"]
+        raise KdbenchError(f"{path} is not a complete kdbench checkpoint: its config lacks {', '.join(missing)}; "
+                           "use a checkpoint.pt written by `kdbench train` or `kdbench run`") from None
+    ckpt.setdefault("hash", cfg.hash())
+    ckpt.setdefault("arch", cfg.arch)
     return ckpt
 
 
@@ -121,8 +131,8 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None, out_dir: str | 
 
     resume = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
     if resume is not None and resume.get("hash") != cfg.hash():
-        raise KdbenchError(f"{ckpt_path} belongs to another configuration (hash {resume.get('hash')}, this run "
-                           f"{cfg.hash()}): choose another --out folder or delete that one")
+        raise KdbenchError(f"{ckpt_path} belongs to another configuration (hash {resume.get('hash')}, this job "
+                           f"{cfg.hash()}): delete the folder {out} (or, with `kdbench train`, choose another --out)")
     student = PoseNet(cfg.arch, weights=None if resume else cfg.weights, head_init=cfg.head_init).to(dev)
     teacher = _load_teacher(method, teacher_checkpoint, dev)
     pose_loss = PoseLoss(cfg.beta, cfg.learn_beta, form=cfg.pose_loss).to(dev)
@@ -224,6 +234,11 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None, out_dir: str | 
                             with torch.no_grad():
                                 t_out = teacher(x, taps=method.teacher_taps())
                         terms = method.loss(s_out, t_out, gt, ctx)
+                        if not isinstance(terms, dict) or not terms:
+                            raise KdbenchError(
+                                f"method {cfg.method!r}: loss() returned {type(terms).__name__}, but it must return "
+                                "a non-empty dict of named loss terms (tensors) whose sum is the training loss, "
+                                "e.g. {'gt': ctx.pose_loss(student, gt), 'kd': ...}")
                         loss = sum(terms.values())
                     losses.add(step, loss, terms)
                     precision.step(loss, optimizer)
