@@ -326,7 +326,10 @@ class Broken(Method):
     ("return {'gt': ctx.pose_loss(student, gt) * (math.nan if ctx.epoch == 0 else 1.0)}",
      "no checkpoint was saved before it"),
 ])
-def test_plugin_faults_name_the_contract(tmp_path, tiny_data_root, capsys, body, expected, one_thread):
+def test_plugin_faults_name_the_contract(tmp_path, tiny_data_root, capsys, body, expected, one_thread, monkeypatch):
+    from kdbench.methods import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the plugin leaves no trace
     name = f"broken{len(body)}"
     plugin = tmp_path / "broken.py"
     plugin.write_text(PLUGIN.format(name=name, body=body))
