@@ -11,7 +11,7 @@ from kdbench.errors import KdbenchError
 # Kept torch-free here (the CLI parses arguments before importing torch); tests check it equals models.ARCHS.
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 PRESETS = ("quick", "paper")
-PRESET_HELP = ("quick: offline CPU smoke benchmark (64/56 px, from scratch); paper: SCKD's setting (256/224 px, "
+PRESET_HELP = ("quick: offline CPU smoke benchmark (40/32 px, from scratch); paper: SCKD's setting (256/224 px, "
                "500 epochs, ImageNet trunk)")
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -143,14 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="load KD methods from a Python file (repeatable)")
 
     p = sub.add_parser("run", help="benchmark methods x scenes x seeds (teachers first), then print leaderboard")
-    p.add_argument("--methods", default="all",
+    p.add_argument("--methods", default="core",
                    help="comma-separated methods, variants and groups; each variant is its own leaderboard row: "
                         "NAME:KEY=VALUE[:KEY=VALUE...] (list values joined with +, e.g. sckd:sc_layers=2+3), "
-                        "e.g. baseline,sckd,sckd:sigma=0,sckd:alpha=0; groups: all (every method), ablations "
+                        "e.g. baseline,sckd,sckd:sigma=0,sckd:alpha=0; groups: core (baseline, vanilla, attentive, "
+                        "similarity, sckd), all (every registered method), ablations "
                         "(sckd, sckd:sigma=0 = hint only, sckd:alpha=0 = SC only). --set METHOD.KEY=VALUE is "
                         "the base of every row of METHOD; a variant's own keys win (see `kdbench methods`)")
     p.add_argument("--scenes", default="synthetic", help="scene names or groups, comma-separated")
-    p.add_argument("--seeds", default="1", help="a count (3) or a list (0,1,2)")
+    p.add_argument("--seeds", default="3",
+                   help="a count (3: seeds 0, 1, 2) or a list (0,5,7); significance needs at least 2 seeds")
     p.add_argument("--teacher-arch", default="resnet34", choices=ARCHS, metavar="ARCH",
                    help=f"trunk of the teachers: {', '.join(ARCHS)}")
     p.add_argument("--student-arch", default="resnet18", choices=ARCHS, metavar="ARCH",

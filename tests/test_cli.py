@@ -41,4 +41,7 @@ def test_synth_then_list_shows_prepared(tmp_path, capsys):
     capsys.readouterr()
     main(["scenes", "list", "--data-root", str(root)])
     line = next(ln for ln in capsys.readouterr().out.splitlines() if "SynthStreet" in ln)
-    assert "yes" in line and "64px" in line and "256px" not in line  # prepared at the quick preset's size
+    from kdbench.config import get_preset
+
+    quick = f"{get_preset('quick').load_size}px"
+    assert "yes" in line and quick in line and "256px" not in line  # prepared at the quick preset's size

@@ -46,7 +46,7 @@ def test_run_offline_imagenet_stops_before_training_with_one_line(data, tmp_path
 
     monkeypatch.setattr(tvm.WeightsEnum, "get_state_dict", offline)
     runs = tmp_path / "runs"
-    code = main(["run", "--preset", "paper", "--scenes", "SynthRoom", "--methods", "baseline,vanilla",
+    code = main(["run", "--seeds", "1", "--preset", "paper", "--scenes", "SynthRoom", "--methods", "baseline,vanilla",
                  "--data-root", str(data), "--runs-dir", str(runs), *TINY_RUN])
     err = capsys.readouterr().err
     assert code == 2
@@ -61,7 +61,8 @@ def test_run_weights_missing_file_and_wrong_arch_are_errors(data, tmp_path, caps
     from torchvision import models as tvm
 
     runs = tmp_path / "runs"
-    base = ["run", "--scenes", "SynthRoom", "--methods", "vanilla", "--data-root", str(data), "--runs-dir",
+    base = ["run", "--seeds", "1",
+            "--scenes", "SynthRoom", "--methods", "vanilla", "--data-root", str(data), "--runs-dir",
             str(runs), *TINY_RUN, "--quiet"]
     assert main([*base, "--weights", str(tmp_path / "nope.pth")]) == 2
     assert "nope.pth" in capsys.readouterr().err
@@ -82,7 +83,8 @@ def test_run_weights_missing_file_and_wrong_arch_are_errors(data, tmp_path, caps
 
 def test_run_weights_none_trains_and_records_the_resolved_options(data, tmp_path, capsys):
     runs = tmp_path / "runs"
-    assert main(["run", "--preset", "paper", "--weights", "none", "--scenes", "SynthRoom", "--methods", "baseline",
+    assert main(["run", "--seeds", "1",
+                 "--preset", "paper", "--weights", "none", "--scenes", "SynthRoom", "--methods", "baseline",
                  "--data-root", str(data), "--runs-dir", str(runs), *TINY_RUN, "--device", "cpu"]) == 0
     with ResultsStore(runs) as store:
         (row,) = store.jobs()
@@ -101,7 +103,7 @@ def test_run_weights_none_trains_and_records_the_resolved_options(data, tmp_path
 
 
 def test_quiet_run_logs_nothing(data, tmp_path, capsys):
-    assert main(["run", "--scenes", "SynthRoom", "--methods", "baseline", "--data-root", str(data),
+    assert main(["run", "--seeds", "1", "--scenes", "SynthRoom", "--methods", "baseline", "--data-root", str(data),
                  "--runs-dir", str(tmp_path / "runs"), *TINY_RUN, "--quiet"]) == 0
     assert "kdbench [" not in capsys.readouterr().err
 
@@ -175,10 +177,11 @@ def test_evaluate_shows_a_step_off_a_terminal(trained, tiny_data_root, capsys):
 
 
 def test_device_that_does_not_exist_is_an_error(data, tmp_path, capsys):
-    code = main(["run", "--device", "cuda:63", "--scenes", "SynthRoom", "--methods", "baseline", "--data-root",
+    code = main(["run", "--seeds", "1",
+                 "--device", "cuda:63", "--scenes", "SynthRoom", "--methods", "baseline", "--data-root",
                  str(data), "--runs-dir", str(tmp_path / "runs"), *TINY_RUN, "--quiet"])
     assert code == 2 and "--device cuda:63" in capsys.readouterr().err
-    assert main(["run", "--device", "tpu", "--scenes", "SynthRoom", "--dry-run"]) == 2
+    assert main(["run", "--seeds", "1", "--device", "tpu", "--scenes", "SynthRoom", "--dry-run"]) == 2
     assert "--device 'tpu'" in capsys.readouterr().err
 
 
@@ -247,15 +250,15 @@ def test_config_file_lists_tables_and_errors(tmp_path, capsys, monkeypatch):
 def test_dry_run_shows_plan_and_reuse_and_writes_nothing(data, tmp_path, capsys):
     runs = tmp_path / "runs"
     common = ["--scenes", "SynthRoom", "--data-root", str(data), "--runs-dir", str(runs), *TINY_RUN]
-    assert main(["run", "--methods", "baseline,vanilla", *common, "--dry-run"]) == 0
+    assert main(["run", "--seeds", "1", "--methods", "baseline,vanilla", *common, "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert not runs.exists()
     assert "2 jobs to run, 0 reused" in out or "3 jobs to run, 0 reused" in out
-    assert main(["run", "--methods", "baseline", *common, "--quiet"]) == 0
+    assert main(["run", "--seeds", "1", "--methods", "baseline", *common, "--quiet"]) == 0
     capsys.readouterr()
     store = runs / "results.sqlite"
     before = (store.stat().st_mtime_ns, sorted(p.name for p in runs.iterdir()))
-    assert main(["run", "--methods", "baseline,vanilla", *common, "--dry-run"]) == 0
+    assert main(["run", "--seeds", "1", "--methods", "baseline,vanilla", *common, "--dry-run"]) == 0
     out = capsys.readouterr().out
     rows = {ln.split("│")[2].strip() + " " + ln.split("│")[4].strip(): ln for ln in out.splitlines()
             if ln.startswith("│") and "resnet" in ln}

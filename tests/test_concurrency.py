@@ -36,7 +36,7 @@ def test_pool_of_two_matches_one_at_a_time(tiny_data_root, tmp_path):
 
 
 def test_run_options_from_the_cli_are_recorded(tiny_data_root, tmp_path):
-    args = ["run", "--methods", "baseline", "--scenes", "SynthRoom", "--data-root", str(tiny_data_root),
+    args = ["run", "--seeds", "1", "--methods", "baseline", "--scenes", "SynthRoom", "--data-root", str(tiny_data_root),
             "--runs-dir", str(tmp_path), "--epochs", "1", "--batch-size", "4", "--load-size", "32", "--crop", "28",
             "--quiet", "--precision", "bf16", "--checkpoint-every", "0", "--jobs-per-gpu", "1", "--device", "cpu"]
     assert main(args) == 0
@@ -63,3 +63,29 @@ def test_slots_cover_every_gpu():
     slots = job_slots([tiny_config()], 2, None)
     assert len(slots) == 2 * torch.cuda.device_count()
     assert set(slots) == {f"cuda:{i}" for i in range(torch.cuda.device_count())}
+
+
+def test_a_worker_pool_that_breaks_is_a_one_line_error(tiny_data_root, tmp_path, capsys, monkeypatch):
+    # e.g. workers that cannot start because a user's script calls kdbench without a __main__ guard
+    from concurrent.futures.process import BrokenProcessPool
+
+    class BrokenPool:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, *args, **kwargs):
+            raise BrokenProcessPool("a child process terminated abruptly")
+
+    monkeypatch.setattr("kdbench.runners.executors.ProcessPoolExecutor", BrokenPool)
+    rc = main(["run", "--seeds", "1", "--methods", "baseline", "--scenes", "SynthRoom,SynthStreet", "--jobs-per-gpu",
+               "2", "--epochs", "1", "--batch-size", "4", "--load-size", "32", "--crop", "28", "--quiet",
+               "--runs-dir", str(tmp_path / "runs"), "--data-root", str(tiny_data_root)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert err[0].startswith("kdbench: error: a job worker process died") and '__name__ == "__main__"' in err[0]

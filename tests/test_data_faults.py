@@ -19,10 +19,12 @@ import pytest
 from PIL import Image
 
 from kdbench.cli import main
+from kdbench.config import get_preset
 from kdbench.scenes.cache import cache_path, load_split_cache
 from kdbench.scenes.readers import read_split
 
 REPO = Path(__file__).resolve().parents[1]
+QUICK_LOAD = get_preset("quick").load_size  # `scenes synth` and `prepare` cache at the quick preset's size
 SYNTH = ["--frames", "30", "--size", "96x72", "--quiet"]
 
 
@@ -64,7 +66,7 @@ def _prepare(capsys, root: Path, name: str = "SynthRoom") -> tuple[str, str]:
     assert main(["scenes", "prepare", name, "--data-root", str(root), "--quiet"]) == 0
     out, err = capsys.readouterr()
     name_out, size, fp = out.strip().split("\t")
-    assert name_out == name and size == "64px" and fp.startswith("data ")
+    assert name_out == name and size == f"{QUICK_LOAD}px" and fp.startswith("data ")
     return fp[5:], " ".join(err.split())
 
 
@@ -75,7 +77,7 @@ def _prepare(capsys, root: Path, name: str = "SynthRoom") -> tuple[str, str]:
 def test_corrupt_cache_is_rebuilt_with_a_message(data, capsys, damage):
     fp, err = _prepare(capsys, data)
     assert "damaged" not in err
-    path = cache_path(data / "SynthRoom", "train", 64)
+    path = cache_path(data / "SynthRoom", "train", QUICK_LOAD)
     before = np.load(path / "images.npy").copy()
     if damage.startswith("truncated"):
         (path / "images.npy").write_bytes((path / "images.npy").read_bytes()[: 5000])
@@ -118,8 +120,8 @@ def test_two_concurrent_synths_both_succeed(tmp_path):
             out, err = proc.communicate(timeout=300)
             assert proc.returncode == 0, err
             assert out.strip() == str(root.resolve() / "SynthRoom")
-        train = load_split_cache("SynthRoom", root, "train", load_size=64)
-        test = load_split_cache("SynthRoom", root, "test", load_size=64, train_mean=train.mean)
+        train = load_split_cache("SynthRoom", root, "train", load_size=QUICK_LOAD)
+        test = load_split_cache("SynthRoom", root, "test", load_size=QUICK_LOAD, train_mean=train.mean)
         assert len(train) == 120 and len(test) == 60  # intact: every frame, both splits
         assert all(f.image_path.is_file() for f in read_split(root / "SynthRoom", "SynthRoom", "test"))
         assert not [p for p in root.iterdir() if p.name.startswith(".SynthRoom")]  # no temp folders
@@ -224,10 +226,11 @@ def test_read_only_data_root(data):
         base = [sys.executable, "-m", "kdbench.cli", "scenes", "prepare", "SynthRoom", "--data-root", str(data)]
         ok = subprocess.run(_read_only(base), capture_output=True, text=True, env=env)
         assert ok.returncode == 0, ok.stderr  # a prepared cache is read without writing anything
-        bad = subprocess.run(_read_only([*base, "--load-size", "40"]), capture_output=True, text=True, env=env)
+        other = QUICK_LOAD + 8  # a load size with no cache yet
+        bad = subprocess.run(_read_only([*base, "--load-size", str(other)]), capture_output=True, text=True, env=env)
         assert bad.returncode == 2 and "Traceback" not in bad.stderr
         err = bad.stderr.strip()
-        assert "\n" not in err and "needs a new 40px cache" in err and "is not writable" in err
+        assert "\n" not in err and f"needs a new {other}px cache" in err and "is not writable" in err
         assert str(data / "SynthRoom" / ".kdbench-cache") in err and "copy the scene folder" in err
     finally:
         for p in [data, *data.rglob("*")]:

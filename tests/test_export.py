@@ -29,7 +29,7 @@ def bench(tiny_data_root, tmp_path_factory, one_thread) -> Path:
 
     It stands in for the README's `kdbench run` (same command, tiny sizes)."""
     base = tmp_path_factory.mktemp("bench")
-    argv = ["run", "--methods", "baseline,sckd", "--data-root", str(tiny_data_root), "--runs-dir",
+    argv = ["run", "--seeds", "1", "--methods", "baseline,sckd", "--data-root", str(tiny_data_root), "--runs-dir",
             str(base / "runs"), *TINY_RUN]
     assert main(argv) == 0
     return base

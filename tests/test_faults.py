@@ -30,7 +30,8 @@ METHODS = "baseline,vanilla"  # one teacher, two students
 
 
 def _run(runs, data, *extra, methods=METHODS):
-    return main(["run", "--methods", methods, "--scenes", "SynthRoom", "--runs-dir", str(runs), "--data-root",
+    return main(["run", "--seeds", "1",
+                 "--methods", methods, "--scenes", "SynthRoom", "--runs-dir", str(runs), "--data-root",
                  str(data), *TINY_ARGS, *extra])
 
 
@@ -190,7 +191,7 @@ def test_changed_data_retrains_and_supersedes_the_old_results(runs, data, capsys
 
 # concurrency and kills -------------------------------------------------------------------------------------------
 def _cli(runs, data, *extra, methods="baseline,vanilla,hint", epochs="2"):
-    cmd = [sys.executable, "-m", "kdbench.cli", "run", "--methods", methods, "--scenes", "SynthRoom",
+    cmd = [sys.executable, "-m", "kdbench.cli", "run", "--seeds", "1", "--methods", methods, "--scenes", "SynthRoom",
            "--runs-dir", str(runs), "--data-root", str(data), "--epochs", epochs, "--batch-size", "4",
            "--load-size", "32", "--crop", "28", "--quiet", *extra]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
@@ -248,7 +249,8 @@ def test_kill_9_then_rerun_completes_without_loss(tiny_data_root, tmp_path, caps
     _kill_when(proc, lambda: MOMENTS[moment](runs))
     done_before = {i for i, r in _rows(runs).items() if r["status"] == "done"} if (runs / "results.sqlite").is_file() \
         else set()
-    rerun = ["run", "--methods", "baseline,vanilla,hint", "--scenes", "SynthRoom", "--runs-dir", str(runs),
+    rerun = ["run", "--seeds", "1",
+             "--methods", "baseline,vanilla,hint", "--scenes", "SynthRoom", "--runs-dir", str(runs),
              "--data-root", str(tiny_data_root), "--epochs", "3", "--batch-size", "4", "--load-size", "32",
              "--crop", "28", "--quiet"]
     assert main(rerun) == 0
@@ -261,7 +263,8 @@ def test_kill_9_then_rerun_completes_without_loss(tiny_data_root, tmp_path, caps
 
 # smaller faults: one line each -------------------------------------------------------------------------------------
 def test_negative_seed_fails_before_any_work(tmp_path, capsys):
-    err = _one_line_error(capsys, main(["run", "--seeds", "0,-1", "--runs-dir", str(tmp_path / "runs"), "--quiet"]))
+    err = _one_line_error(capsys, main(["run", "--seeds", "1",
+                                        "--seeds", "0,-1", "--runs-dir", str(tmp_path / "runs"), "--quiet"]))
     assert "--seeds" in err and "-1" in err
     assert not (tmp_path / "runs").exists()
 
@@ -333,7 +336,7 @@ def test_plugin_faults_name_the_contract(tmp_path, tiny_data_root, capsys, body,
     name = f"broken{len(body)}"
     plugin = tmp_path / "broken.py"
     plugin.write_text(PLUGIN.format(name=name, body=body))
-    rc = main(["run", "--methods", name, "--scenes", "SynthRoom", "--plugin", str(plugin), "--runs-dir",
+    rc = main(["run", "--seeds", "1", "--methods", name, "--scenes", "SynthRoom", "--plugin", str(plugin), "--runs-dir",
                str(tmp_path / "runs"), "--data-root", str(tiny_data_root), *TINY_ARGS])
     out = capsys.readouterr().out
     assert rc == 1 and expected in out

@@ -160,7 +160,8 @@ def test_file_plugin_trains_through_kdbench_run(tmp_path, tiny_data_root, capsys
     plugin = tmp_path / "my_file_kd.py"
     plugin.write_text(FILE_PLUGIN)
     runs = tmp_path / "runs"
-    rc = main(["run", "--plugin", str(plugin), "--methods", "my_file_kd", "--set", "my_file_kd.scale=0.5",
+    rc = main(["run", "--seeds", "1",
+               "--plugin", str(plugin), "--methods", "my_file_kd", "--set", "my_file_kd.scale=0.5",
                "--runs-dir", str(runs), "--data-root", str(tiny_data_root), *TINY_RUN])
     assert rc == 0, capsys.readouterr()
     assert _trained_methods(runs) == {"my_file_kd": "done"}
@@ -170,7 +171,8 @@ def test_file_plugin_trains_through_kdbench_run(tmp_path, tiny_data_root, capsys
 def test_entry_point_plugin_trains_through_kdbench_run(tmp_path, tiny_data_root, monkeypatch, capsys):
     _install_entry_point_package(tmp_path, monkeypatch)
     runs = tmp_path / "runs"
-    rc = main(["run", "--methods", "baseline,myname", "--runs-dir", str(runs), "--data-root", str(tiny_data_root),
+    rc = main(["run", "--seeds", "1",
+               "--methods", "baseline,myname", "--runs-dir", str(runs), "--data-root", str(tiny_data_root),
                *TINY_RUN])
     assert rc == 0, capsys.readouterr()
     assert _trained_methods(runs) == {"baseline": "done", "myname": "done"}

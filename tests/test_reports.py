@@ -507,9 +507,10 @@ def test_run_prints_only_what_it_ran(tiny_data_root, tmp_path, capsys, one_threa
     runs = tmp_path / "runs"
     tiny = ["--epochs", "1", "--batch-size", "4", "--load-size", "32", "--crop", "28", "--runs-dir", str(runs),
             "--data-root", str(tiny_data_root), "--quiet"]
-    assert main(["run", "--methods", "baseline,rkd", "--scenes", "SynthRoom,SynthStreet", *tiny]) == 0
+    assert main(["run", "--seeds", "1", "--methods", "baseline,rkd", "--scenes", "SynthRoom,SynthStreet", *tiny]) == 0
     capsys.readouterr()
-    assert main(["run", "--methods", "baseline,vanilla", "--scenes", "SynthRoom", "--seeds", "2", *tiny]) == 0
+    assert main(["run", "--seeds", "1",
+                 "--methods", "baseline,vanilla", "--scenes", "SynthRoom", "--seeds", "2", *tiny]) == 0
     printed = capsys.readouterr().out
     table = printed.split("## Synthetic scenes")[1]
     assert "resnet18 vanilla" in table and "resnet18 rkd" not in table and "SynthStreet" not in table

@@ -96,7 +96,8 @@ def test_failing_job_does_not_stop_others(tiny_data_root, tmp_path, capsys):
     plugin = tmp_path / "explodes.py"
     plugin.write_text(FAILING_PLUGIN)
     runs = tmp_path / "runs"
-    rc = main(["run", "--methods", "explodes,baseline", "--scenes", "SynthRoom", "--plugin", str(plugin),
+    rc = main(["run", "--seeds", "1",
+               "--methods", "explodes,baseline", "--scenes", "SynthRoom", "--plugin", str(plugin),
                "--runs-dir", str(runs), "--data-root", str(tiny_data_root), *TINY_ARGS])
     out = capsys.readouterr().out
     assert rc == 1
@@ -111,7 +112,8 @@ def test_failing_job_does_not_stop_others(tiny_data_root, tmp_path, capsys):
 
 
 def test_missing_real_scene_stops_before_training(tmp_path, capsys):
-    rc = main(["run", "--scenes", "ShopFacade,Stairs", "--runs-dir", str(tmp_path / "runs"), "--data-root",
+    rc = main(["run", "--seeds", "1",
+               "--scenes", "ShopFacade,Stairs", "--runs-dir", str(tmp_path / "runs"), "--data-root",
                str(tmp_path / "empty"), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2
@@ -132,7 +134,8 @@ def _done_count(db):
 
 def test_killed_run_resumes_and_records_each_job_once(tiny_data_root, tmp_path):
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "kdbench.cli", "run", "--methods", "baseline,vanilla,hint", "--scenes", "SynthRoom",
+    cmd = [sys.executable, "-m", "kdbench.cli", "run", "--seeds", "1",
+           "--methods", "baseline,vanilla,hint", "--scenes", "SynthRoom",
            "--runs-dir", str(runs), "--data-root", str(tiny_data_root), "--epochs", "3", "--batch-size", "4",
            "--load-size", "32", "--crop", "28", "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -149,7 +149,7 @@ def test_store_in_a_read_only_folder_can_be_listed_and_reported(tmp_path):
 def test_runs_dir_naming_a_file_is_one_line(tmp_path, capsys):
     f = tmp_path / "notadir"
     f.write_text("x")
-    for argv in (["runs"], ["report"], ["import", str(f)], ["run", "--scenes", "SynthRoom"]):
+    for argv in (["runs"], ["report"], ["import", str(f)], ["run", "--seeds", "1", "--scenes", "SynthRoom"]):
         err = _one_line_error(capsys, main([*argv, "--runs-dir", str(f)]))
         assert str(f) in err
 

@@ -71,7 +71,7 @@ def test_plan_labels_variants_and_shares_identical_work():
 
 def test_run_writes_one_row_per_variant(tiny_data_root, tmp_path, capsys):
     runs = tmp_path / "runs"
-    args = ["run", "--methods", "baseline,sckd:alpha=0,sckd[sigma=0]", "--scenes", "SynthRoom",
+    args = ["run", "--seeds", "1", "--methods", "baseline,sckd:alpha=0,sckd[sigma=0]", "--scenes", "SynthRoom",
             "--runs-dir", str(runs), "--data-root", str(tiny_data_root), *TINY_ARGS]
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -82,7 +82,8 @@ def test_run_writes_one_row_per_variant(tiny_data_root, tmp_path, capsys):
     assert all(r["status"] == "done" for r in rows) and len(rows) == 4
     assert "sckd:alpha=0" in out and "sckd:sigma=0" in out
     # Asked again under another spelling, the same work is reused, not redone.
-    assert main([*args[:2], "sckd[alpha=0.0],sckd:sigma=0.0", *args[3:]]) == 0
+    m = args.index("--methods") + 1
+    assert main([*args[:m], "baseline,sckd[alpha=0.0],sckd:sigma=0.0", *args[m + 1:]]) == 0
     with ResultsStore(runs) as store:
         assert len(store.jobs()) == 4
 
@@ -97,7 +98,8 @@ def test_help_and_methods_listing_explain_variants(capsys):
 
 
 def test_dry_run_lists_variant_rows(tmp_path, capsys):
-    args = ["run", "--methods", "baseline,ablations", "--scenes", "SynthRoom", "--dry-run", "--runs-dir",
+    args = ["run", "--seeds", "1",
+            "--methods", "baseline,ablations", "--scenes", "SynthRoom", "--dry-run", "--runs-dir",
             str(tmp_path / "runs"), "--data-root", str(tmp_path / "data"), *TINY_ARGS]
     assert main(args) == 0
     out = capsys.readouterr().out

@@ -7,6 +7,8 @@ Syntax (what `kdbench run --methods` takes), items separated by commas:
                               (sckd:sc_layers=layer2+layer3), because a comma separates methods
     NAME[KEY=VALUE,...]       the same variant in brackets (quote it: shells glob [...])
     all                       every registered method with its defaults
+    core                      the comparison kdbench is built around: baseline, vanilla, attentive,
+                              similarity, sckd (the default of `kdbench run`)
     ablations                 sckd, sckd:sigma=0 (hint only), sckd:alpha=0 (SC only)
 
 A variant's label is canonical: the keys in the method's declaration order, values as parsed, keys equal
@@ -28,6 +30,7 @@ from kdbench.models import TAPS
 # The order `all` lists built-ins in (the rest, plugins included, follow sorted by name).
 BUILTIN_ORDER = ("baseline", "vanilla", "attentive", "similarity", "hint", "sckd")
 GROUPS: dict[str, tuple[str, ...]] = {
+    "core": ("baseline", "vanilla", "attentive", "similarity", "sckd"),  # the mission's comparison
     "ablations": ("sckd", "sckd:sigma=0", "sckd:alpha=0"),  # SCKD, hint only, SC only
 }
 SYNTAX = ("NAME, NAME:KEY=VALUE[:KEY=VALUE...] (list values joined with +), 'NAME[KEY=VALUE,...]', "

@@ -89,8 +89,11 @@ def run_pool(jobs: list[Job], teachers: dict[str, Job], runs_dir: str | os.PathL
                     continue
                 slot = free.pop(0)
                 ckpt = teacher_checkpoint(runs_dir, teachers[job.teacher_id]) if job.teacher_id else None
-                fut: Future = pool.submit(run_job, job, runs_dir, data_root, ckpt, plugins, None, slot, threads,
-                                          checkpoint_every, data_share)
+                try:
+                    fut: Future = pool.submit(run_job, job, runs_dir, data_root, ckpt, plugins, None, slot,
+                                              threads, checkpoint_every, data_share)
+                except BrokenProcessPool:
+                    raise KdbenchError(_POOL_DIED) from None
                 running[fut] = (job, slot)
                 if on_start:
                     on_start(job)
@@ -103,11 +106,17 @@ def run_pool(jobs: list[Job], teachers: dict[str, Job], runs_dir: str | os.PathL
                 try:
                     res = fut.result()
                 except BrokenProcessPool as exc:  # a worker died (out of memory, killed)
-                    res = {"id": job.id, "run_dir": job.run_dir, "status": "failed", "error": f"worker died: {exc}"}
+                    res = {"id": job.id, "run_dir": job.run_dir, "status": "failed",
+                           "error": f"worker died: {exc}. {_POOL_DIED}"}
                 results[job.id] = res
                 yield res
                 ready.extend(j for j in waiting if j.teacher_id == job.id)
                 waiting = [j for j in waiting if j.teacher_id != job.id]
+
+
+_POOL_DIED = ("a job worker process died (out of memory, killed, or it could not start); the jobs not yet started "
+              "were left for the next run, so rerun the same command to continue. Calling kdbench from your own "
+              "script? Workers are spawned and re-import it: put the call under `if __name__ == \"__main__\":`")
 
 
 def _die_with_driver() -> None:
