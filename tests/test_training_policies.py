@@ -91,7 +91,7 @@ def test_stopped_anywhere_and_resumed_equals_uninterrupted(tiny_data_root, tmp_p
     assert resumed.metrics == full.metrics
 
 
-def test_checkpoints_by_time_and_final_student_has_no_optimiser(tiny_data_root, tmp_path, monkeypatch):
+def test_checkpoints_by_time_and_final_checkpoints_have_no_optimiser(tiny_data_root, tmp_path, monkeypatch):
     saves = []
     real_save = train_module.torch_save_atomic
 
@@ -109,7 +109,7 @@ def test_checkpoints_by_time_and_final_student_has_no_optimiser(tiny_data_root, 
     assert saves == [(0, 1, True), (1, 0, True), (1, 1, True), (2, 0, True), (2, 1, True), (3, 0, False)]
     saves.clear()
     train(cfg.replace(role="teacher"), tiny_data_root, tmp_path / "teacher", max_steps=1)
-    assert saves == [(3, 0, True)]  # a teacher keeps its optimiser state
+    assert saves == [(3, 0, False)]  # a finished teacher too: nothing resumes a finished job
     with pytest.raises(KdbenchError, match="--checkpoint-every -1"):
         train(cfg, tiny_data_root, tmp_path / "bad", checkpoint_every=-1)
 

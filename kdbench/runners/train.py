@@ -158,7 +158,7 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None, out_dir: str | 
         student.load_state_dict(resume["model"])
         method.load_state_dict(resume["method"])
         pose_loss.load_state_dict(resume["pose_loss"])
-        if "optimizer" in resume:  # a student's final checkpoint keeps no optimiser state (nothing resumes it)
+        if "optimizer" in resume:  # a final checkpoint keeps no optimiser state (nothing resumes it)
             optimizer.load_state_dict(resume["optimizer"])
             precision.load_state_dict(resume.get("scaler"))
         start_epoch, start_step = int(resume["epoch"]), int(resume.get("step", 0))
@@ -174,7 +174,7 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None, out_dir: str | 
         state = {"model": student.state_dict(), "method": method.state_dict(), "pose_loss": pose_loss.state_dict(),
                  "epoch": epoch, "step": step, "history": history, "config": cfg.to_dict(), "hash": cfg.hash(),
                  "arch": cfg.arch, "train_seconds": train_seconds + seconds}
-        if not (final and cfg.role == "student"):  # teachers keep Adam state; students end with weights only
+        if not final:  # a finished job is never resumed (other settings are another job): weights only
             state.update(optimizer=optimizer.state_dict(), scaler=precision.state_dict())
         if step:  # mid-epoch: where the epoch stands, so that resuming continues it exactly
             state.update(rng=torch.get_rng_state(),
