@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = ssub.add_parser("prepare", help="verify or (re)build the decoded caches; print the data fingerprints")
     p.add_argument("names", nargs="+", help="scene names or groups")
     p.add_argument("--load-size", type=int, default=None, help="cache short side in pixels (default: the preset's)")
-    p.add_argument("--preset", default="quick", choices=["quick", "paper"], help="whose load size to use")
+    p.add_argument("--preset", default="quick", choices=PRESETS, help="whose load size to use")
     _add_data_root(p)
     _add_quiet(p)
 

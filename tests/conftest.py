@@ -69,3 +69,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def one_line_error(capsys, rc: int) -> str:
+    """Assert a CLI call failed with exit 2 and exactly one `kdbench: error:` line, no traceback; return it."""
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith("kdbench: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err

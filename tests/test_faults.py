@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_line_error as _one_line_error
 
 from kdbench.cli import main
 from kdbench.fileio import torch_save_atomic
@@ -34,12 +35,6 @@ def _run(runs, data, *extra, methods=METHODS):
                  "--methods", methods, "--scenes", "SynthRoom", "--runs-dir", str(runs), "--data-root",
                  str(data), *TINY_ARGS, *extra])
 
-
-def _one_line_error(capsys, rc):
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    assert err.startswith("kdbench: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    return err
 
 
 def _rows(runs):

@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+from conftest import one_line_error as _one_line_error
 
 from kdbench.cli import main
 from kdbench.errors import KdbenchError
@@ -26,12 +27,6 @@ def _job(job_id, data="d1", **extra):
             "teacher_arch": "resnet34", "seed": 0, "preset": "quick", "params": {"alpha": 0.5},
             "config": {"data": data}, "status": "pending", "run_dir": f"SynthRoom/{job_id}", **extra}
 
-
-def _one_line_error(capsys, rc):
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    assert err.startswith("kdbench: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    return err
 
 
 def test_a_failure_never_overwrites_a_finished_result(tmp_path):

@@ -26,11 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench.errors import KdbenchError
+from kdbench.methods.base import HParam
 from kdbench.models import PoseOutput
 
 ADAPTORS = ("auto", "identity", "conv", "conv-bn")
 ADAPTOR_HELP = ("auto: identity if shapes match, else 1x1 conv + ReLU (SCKD); conv: always that; conv-bn: "
                 "conv + BatchNorm + ReLU (RepDistiller's ConvReg)")
+# The `adaptor` hyperparameter of every method with a hint path (frozen, so one instance serves them all).
+ADAPTOR_HPARAM = HParam("auto", "str", ADAPTOR_HELP, choices=ADAPTORS)
 
 
 def _check_shapes(f_s: torch.Tensor, f_t: torch.Tensor, where: str) -> None:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from kdbench.errors import KdbenchError
-from kdbench.methods.adaptors import ADAPTOR_HELP, ADAPTORS, build_adaptors, require_setup
+from kdbench.methods.adaptors import ADAPTOR_HPARAM, build_adaptors, require_setup
 from kdbench.methods.base import GroundTruth, HParam, LossContext, Method, PoseLoss
 from kdbench.methods.checks import check_count, check_nonnegative, check_unit
 from kdbench.methods.registry import register_method
@@ -63,7 +63,7 @@ class Attentive(Method):
                          "(the paper: stage 1's layers frozen)", choices=("all", "after-hint")),
         "w_aht": HParam(100.0, "float", "joint: weight of L_aht"),
         "phi_clamp": HParam(True, "bool", "clamp Phi = 1 - e/eta to [0, 1] (the paper's can go negative)"),
-        "adaptor": HParam("auto", "str", ADAPTOR_HELP, choices=ADAPTORS),
+        "adaptor": ADAPTOR_HPARAM,
     }
     needs_prepare = True
 

@@ -8,8 +8,6 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from kdbench.methods.base import GroundTruth
-
 
 def _promote(a: object) -> object:
     return a.float() if isinstance(a, torch.Tensor) and a.dtype in (torch.float16, torch.bfloat16) else a
@@ -34,11 +32,6 @@ def full_precision(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tenso
 def flat(f: torch.Tensor) -> torch.Tensor:
     """Features as b x d (one row per sample)."""
     return f.reshape(f.shape[0], -1)
-
-
-def pose_vector(gt: GroundTruth) -> torch.Tensor:
-    """The b x 7 ground-truth poses (xyz, q)."""
-    return torch.cat([gt.xyz, gt.q], dim=1)
 
 
 def _zero_diagonal(s: torch.Tensor) -> torch.Tensor:

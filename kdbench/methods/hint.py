@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdbench.methods.adaptors import ADAPTOR_HELP, ADAPTORS, build_adaptors, hint_mse, require_setup
+from kdbench.methods.adaptors import ADAPTOR_HPARAM, build_adaptors, hint_mse, require_setup
 from kdbench.methods.base import GroundTruth, HParam, LayersMethod, LossContext
 from kdbench.methods.checks import check_count, check_nonnegative
 from kdbench.methods.registry import register_method
@@ -23,7 +23,7 @@ class Hint(LayersMethod):
     hparams = {
         "w": HParam(100.0, "float", "weight of the hint term"),
         "layers": HParam(("layer4",), "layers", "hint layers (names or SCKD's numbers 1-6)"),
-        "adaptor": HParam("auto", "str", ADAPTOR_HELP, choices=ADAPTORS),
+        "adaptor": ADAPTOR_HPARAM,
     }
 
     def __init__(self, **params):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdbench.methods.adaptors import ADAPTOR_HELP, ADAPTORS, build_adaptors, hint_mse, require_setup
+from kdbench.methods.adaptors import ADAPTOR_HPARAM, build_adaptors, hint_mse, require_setup
 from kdbench.methods.base import GroundTruth, HParam, LossContext, Method
 from kdbench.methods.checks import check_count, check_nonnegative
 from kdbench.methods.functional import KL_REDUCTIONS, pose_self_similarity, sc_divergence, self_cross_similarity
@@ -53,7 +53,7 @@ class SCKD(Method):
                                 "SCKD); false: 1"),
         "sp_quat": HParam("canonical", "str", "q in S_P: canonical (w >= 0, as read); nearest: sign "
                           "nearer q_i per pair", choices=("canonical", "nearest")),
-        "adaptor": HParam("auto", "str", ADAPTOR_HELP, choices=ADAPTORS),
+        "adaptor": ADAPTOR_HPARAM,
     }
 
     def __init__(self, **params):

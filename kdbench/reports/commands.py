@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kdbench.errors import KdbenchError
-from kdbench.reports.store import PROFILE_COLUMNS
+from kdbench.reports.store import PROFILE_COLUMNS, STORE_NAME
 
 # Field types of an imported profile row (see ResultsStore's profiles table).
 _TEXT = ("arch", "backend", "device")
@@ -176,6 +176,6 @@ def cmd_import(args: argparse.Namespace) -> int:
     """`kdbench import FILE`: add the profile rows of FILE to the results store."""
     added, present = import_profiles(args.file, args.runs_dir)
     extra = f" ({present} already there, skipped)" if present else ""
-    store = Path(args.runs_dir) / "results.sqlite"
+    store = Path(args.runs_dir) / STORE_NAME
     print(f"imported {added} profile rows from {args.file} into {store}{extra}")
     return 0

@@ -27,6 +27,7 @@ from kdbench.fileio import write_text_atomic
 from kdbench.reports import leaderboard as lb
 from kdbench.reports import stats
 from kdbench.reports.stats import Significance
+from kdbench.reports.store import STORE_NAME
 
 INDEX = "index.html"
 _NUMBER = re.compile(r"^[≈~]?\s*([-+]?\d+(?:\.\d+)?)")
@@ -248,7 +249,7 @@ def render_html(df: pd.DataFrame, profiles: pd.DataFrame, runs_dir: str | os.Pat
     shown = lb.shown_jobs(df)
     preset = df.attrs.get("preset") or ", ".join(sorted(str(p) for p in shown["preset"].dropna().unique()))
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    store = Path(runs_dir) / "results.sqlite"
+    store = Path(runs_dir) / STORE_NAME
     groups = list(dict.fromkeys(acc["group"]))
     nav = "".join(f'<a href="#group-{_esc(g)}">{_esc(lb.GROUP_TITLES.get(g, g))}</a>' for g in groups)
     nav += '<a href="#efficiency">Efficiency</a><a href="#plots">Plots</a><a href="#environment">Environment</a>'

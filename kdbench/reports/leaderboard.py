@@ -190,7 +190,7 @@ def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
     averages = _average_values(values)
     if not averages.empty:
         values = pd.concat([values, averages], ignore_index=True)
-    acc = pd.DataFrame([_summarise(key, rows, stats.mean_ci) for key, rows in
+    acc = pd.DataFrame([_summarise(key, rows) for key, rows in
                         values.groupby(ROW_KEY, dropna=False, sort=False)])
     for col in ACCURACY_COLUMNS:
         if col not in acc:
@@ -206,7 +206,8 @@ def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
     return acc[ACCURACY_COLUMNS].reset_index(drop=True)
 
 
-def _summarise(key: tuple, rows: pd.DataFrame, ci) -> dict[str, Any]:
+def _summarise(key: tuple, rows: pd.DataFrame) -> dict[str, Any]:
+    from kdbench.reports.stats import mean_ci
     out: dict[str, Any] = dict(zip(ROW_KEY, key))
     out["n_seeds"] = len(rows)
     out["seeds"] = ",".join(str(s) for s in sorted(rows["seed"]))
@@ -214,7 +215,7 @@ def _summarise(key: tuple, rows: pd.DataFrame, ci) -> dict[str, Any]:
         x = rows[col].to_numpy(dtype=float)
         out[f"{prefix}_mean"] = x.mean()
         out[f"{prefix}_std"] = x.std(ddof=1) if len(x) > 1 else float("nan")
-        out[f"{prefix}_ci_lo"], out[f"{prefix}_ci_hi"] = ci(x)
+        out[f"{prefix}_ci_lo"], out[f"{prefix}_ci_hi"] = mean_ci(x)
     for col in EXTRA_METRICS:
         if col in rows:
             out[col] = rows[col].mean()

@@ -83,21 +83,21 @@ class DeviceBatches:
                      if ds.normalize == "mean" else None)
         self.span = torch.arange(ds.crop, device=device)
 
-    def _cut(self, source: torch.Tensor, plan: BatchPlan, per_image: bool) -> torch.Tensor:
+    def _cut(self, source: torch.Tensor, plan: BatchPlan, idx: torch.Tensor | None) -> torch.Tensor:
         ys = torch.as_tensor(plan.ys, device=self.device).view(-1, 1) + self.span  # (b, c) rows
         xs = torch.as_tensor(plan.xs, device=self.device).view(-1, 1) + self.span  # (b, c) columns
         rows, cols = ys[:, :, None], xs[:, None, :]
-        if per_image:
-            idx = torch.as_tensor(plan.indices, device=self.device).view(-1, 1, 1)
-            return source[idx, rows, cols]
+        if idx is not None:  # one crop per image of `source`; else the same (mean) image for every crop
+            return source[idx.view(-1, 1, 1), rows, cols]
         return source[rows, cols]
 
     def batch(self, plan: BatchPlan) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised images (b, 3, c, c) and poses (b, 7), on the device."""
-        crops = self._cut(self.images, plan, per_image=True)
-        mean = self._cut(self.mean, plan, per_image=False) if self.mean is not None else None
+        idx = torch.as_tensor(plan.indices, device=self.device)  # one host-to-device copy per step
+        crops = self._cut(self.images, plan, idx)
+        mean = self._cut(self.mean, plan, None) if self.mean is not None else None
         x = normalize_batch(crops, self.ds.normalize, mean)
-        return _layout(x), self.poses[torch.as_tensor(plan.indices, device=self.device)]
+        return _layout(x), self.poses[idx]
 
     def iterate(self, plans: list[BatchPlan]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of `plans`, in order."""

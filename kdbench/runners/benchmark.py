@@ -14,7 +14,7 @@ from kdbench.config import get_preset
 from kdbench.errors import KdbenchError
 from kdbench.methods import load_plugin, parse_set_args
 from kdbench.progress import JobProgress, console
-from kdbench.reports.store import FINISHED, STORE_NAME, ResultsStore, check_store, rebuild_store
+from kdbench.reports.store import FINISHED, ResultsStore, check_runs_dir, check_store, rebuild_store
 from kdbench.runners.executors import EXECUTORS
 from kdbench.runners.plan import Job, make_plan, parse_methods, parse_seeds
 from kdbench.runners.preflight import check_device, check_weights, parse_weights
@@ -162,9 +162,9 @@ def _wait_for(runs_dir: Path, jobs: list[Job], quiet: bool) -> None:
             pass
 
 
-def _finished(store: ResultsStore, job: Job, runs: Path) -> dict[str, Any] | None:
+def _finished(store: ResultsStore, job: Job) -> dict[str, Any] | None:
     row = store.get_job(job.id)
-    return row if is_reusable(row, job, runs) else None
+    return row if is_reusable(row) else None
 
 
 @dataclass
@@ -202,11 +202,12 @@ def plan_benchmark(methods: str | list[str] = "all", scenes: str | list[str] = "
                      parse_set_args(sets), **overrides)
     load_size = overrides.get("load_size") or get_preset(preset).load_size
     jobs = with_data(jobs, {s.name: _known_fingerprint(s, data_root, load_size) for s in specs})
-    frames = {s.name: _frame_counts(s, data_root) for s in specs}
+    frames = {s.name: frame_counts(s, data_root) for s in specs}
     return BenchmarkPlan(specs, jobs, plugins, load_size, frames)
 
 
-def _frame_counts(spec: SceneSpec, data_root: str | os.PathLike | None) -> tuple[int, int]:
+def frame_counts(spec: SceneSpec, data_root: str | os.PathLike | None) -> tuple[int, int]:
+    """(train, test) frames of a scene: its split files when on disk, else the catalog's counts."""
     if is_on_disk(spec, data_root):
         from kdbench.scenes.readers import read_split
 
@@ -218,7 +219,7 @@ def _frame_counts(spec: SceneSpec, data_root: str | os.PathLike | None) -> tuple
     return spec.n_train, spec.n_test
 
 
-def is_reusable(row: dict[str, Any] | None, job: Job, runs_dir: str | os.PathLike) -> bool:
+def is_reusable(row: dict[str, Any] | None) -> bool:
     """A job is reused when the store has its finished result (done, or superseded and current again).
 
     Its checkpoint is needed, and then verified, only while a student still has to learn from it (see
@@ -249,16 +250,14 @@ def run_benchmark(methods: str | list[str] = "all", scenes: str | list[str] = "s
     from kdbench.runners.precision import resolve_precision
 
     t_start = time.perf_counter()
-    overrides["precision"] = resolve_precision(precision, check_device(device))
+    device = check_device(device)
+    overrides["precision"] = resolve_precision(precision, device)
     jobs_per_gpu = parse_jobs_per_gpu(jobs_per_gpu)
     runs = Path(runs_dir)
-    if runs.exists() and not runs.is_dir():
-        raise KdbenchError(f"--runs-dir {runs} is a file, not a folder: pass the folder that holds (or will hold) "
-                           f"{STORE_NAME} and the run folders")
+    check_runs_dir(runs)
     plan = plan_benchmark(methods, scenes, seeds, teacher_arch, student_arch, preset, sets, plugins, executor,
                           data_root, **overrides)
     jobs, plugins = plan.jobs, plan.plugins
-    device = check_device(device)
     check_weights({(j.cfg.arch, j.cfg.weights) for j in jobs})
     result = BenchmarkResult(jobs)
     if rebuild:
@@ -266,7 +265,7 @@ def run_benchmark(methods: str | list[str] = "all", scenes: str | list[str] = "s
     else:
         check_store(runs)  # a damaged store stops the run before any scene work
     fingerprints = ensure_scenes(plan.specs, data_root, plan.load_size, quiet)
-    plan.frames = {s.name: _frame_counts(s, data_root) for s in plan.specs}  # synthetic ones exist now
+    plan.frames = {s.name: frame_counts(s, data_root) for s in plan.specs}  # synthetic ones exist now
     jobs = plan.jobs = result.jobs = with_data(jobs, fingerprints)
 
     from kdbench.runners.environment import environment
@@ -275,7 +274,7 @@ def run_benchmark(methods: str | list[str] = "all", scenes: str | list[str] = "s
     result.store_path = store.path
     try:
         env_id = store.add_environment(environment(device))
-        finished = {j.id: _finished(store, j, runs) for j in jobs}
+        finished = {j.id: _finished(store, j) for j in jobs}
         # A finished teacher must have a sound checkpoint only while a student still has to learn from it.
         needed = {j.teacher_id for j in jobs if j.teacher_id and not finished[j.id]}
         for job in jobs:
@@ -340,7 +339,7 @@ def _run_round(pending: list[Job], *, teachers: dict[str, Job], runs: Path, data
             elif not _try_lock(locks, runs, job):
                 result.elsewhere.add(job.id)
                 deferred.append(job)
-            elif job.id not in result.repaired and _finished(store, job, runs):  # another run finished it
+            elif job.id not in result.repaired and _finished(store, job):  # another run finished it
                 result.reused.append(job.id)
                 progress.finish(job.label, True, "finished by another kdbench run")
             else:

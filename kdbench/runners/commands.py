@@ -74,11 +74,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                       precision=resolve_precision(args.precision, device), compile=args.compile or None)
     out = Path(args.out) if args.out else Path(args.runs_dir) / "train" / cfg.scene / (
         f"{cfg.arch}-{cfg.method}-seed{cfg.seed}-{cfg.hash()}")
+    from kdbench.runners.benchmark import frame_counts
     from kdbench.scenes.cache import prepare_scene
+    from kdbench.scenes.catalog import get_scene
 
     prepare_scene(cfg.scene, args.data_root, load_size=cfg.load_size, quiet=args.quiet)  # its bars come first
     record = _TrainRecord(args.runs_dir, cfg, out, device)
-    n_train = _train_frames(cfg.scene, args.data_root)
+    n_train = frame_counts(get_scene(cfg.scene), args.data_root)[0]
     label = f"{role} {cfg.arch} {cfg.method} on {cfg.scene} (seed {cfg.seed})"
     try:
         with JobProgress(1, n_train * cfg.epochs, args.quiet) as progress:
@@ -95,20 +97,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"run folder: {res.run_dir}\ncheckpoint: {res.checkpoint}\nrecorded in {record.store_path} "
           f"(job {cfg.hash()}; `kdbench runs --runs-dir {args.runs_dir}`)")
     return 0
-
-
-def _train_frames(scene: str, data_root: str | None) -> int:
-    from kdbench.scenes.catalog import get_scene, is_on_disk, scene_dir
-
-    spec = get_scene(scene)
-    if is_on_disk(spec, data_root):
-        from kdbench.scenes.readers import read_split
-
-        try:
-            return len(read_split(scene_dir(spec, data_root), spec, "train"))
-        except KdbenchError:
-            pass  # reported by training, with the file and line
-    return spec.n_train
 
 
 class _TrainRecord:

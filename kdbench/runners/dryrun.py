@@ -50,7 +50,7 @@ def print_dry_run(plan: BenchmarkPlan, runs_dir: str | os.PathLike, data_root: s
     to_run = reused = images = 0
     for i, job in enumerate(plan.jobs, 1):
         c = job.cfg
-        if is_reusable(rows.get(job.id), job, runs_dir):
+        if is_reusable(rows.get(job.id)):
             reused += 1
             status, n = "reused", "-"
         else:

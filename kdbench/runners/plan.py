@@ -9,6 +9,7 @@ from kdbench.config import TrainConfig, make_config
 from kdbench.errors import KdbenchError
 from kdbench.methods import get_method
 from kdbench.methods.variants import BUILTIN_ORDER, expand_methods, resolve_methods
+from kdbench.runners.preflight import weights_for
 from kdbench.scenes.catalog import SceneSpec
 
 __all__ = ["BUILTIN_ORDER", "Job", "make_plan", "parse_methods", "parse_seeds"]
@@ -103,5 +104,4 @@ def make_plan(methods: list[str], scenes: list[SceneSpec], seeds: list[int], tea
 
 def _for_arch(overrides: dict[str, Any], arch: str) -> dict[str, Any]:
     """Overrides for one architecture: `weights` may map arch -> file (`--weights resnet34=a.pth,...`)."""
-    weights = overrides.get("weights")
-    return {**overrides, "weights": weights.get(arch)} if isinstance(weights, dict) else overrides
+    return {**overrides, "weights": weights_for(overrides.get("weights"), arch)}

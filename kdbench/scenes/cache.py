@@ -237,6 +237,12 @@ def _check_writable(folder: Path, spec: SceneSpec, split: str, load_size: int) -
             f"{spec.name} --load-size {load_size}`)") from None
 
 
+def _inputs(root_dir: Path, spec: SceneSpec, split: str) -> tuple[list[Frame], np.ndarray, list[list]]:
+    """A split's frames, their poses (N, 7) float32 and the source list a manifest is compared with."""
+    frames = read_split(root_dir, spec, split)
+    return frames, np.stack([f.pose for f in frames]).astype(np.float32), _source_list(frames, root_dir)
+
+
 def _remove_orphans(cache_root: Path, quiet: bool) -> None:
     """Temporary folders of builds that were killed; only called under the scene lock, so none is live."""
     if not cache_root.is_dir():
@@ -302,18 +308,14 @@ def load_split_cache(spec: SceneSpec | str, root: str | os.PathLike | None = Non
     if load_size < 8:
         raise KdbenchError(f"load size {load_size} is too small: use at least 8 pixels")
     root_dir = Path(scene_root) if scene_root else scene_dir(spec, root)
-    frames = read_split(root_dir, spec, split)
-    poses = np.stack([f.pose for f in frames]).astype(np.float32)
-    sources = _source_list(frames, root_dir)
+    frames, poses, sources = _inputs(root_dir, spec, split)
     path = cache_path(root_dir, split, load_size)
     label = f"{spec.name} {split} @{load_size}px"
     if _reuse_problem(path, sources, poses, load_size) is not None:
         _check_writable(path, spec, split, load_size)
         with scene_lock(root_dir, f"preparing {spec.name}", quiet=quiet):
             # Another process may have rendered the scene or built this cache while this one waited.
-            frames = read_split(root_dir, spec, split)
-            poses = np.stack([f.pose for f in frames]).astype(np.float32)
-            sources = _source_list(frames, root_dir)
+            frames, poses, sources = _inputs(root_dir, spec, split)
             problem = _reuse_problem(path, sources, poses, load_size)
             if problem is not None:
                 _remove_orphans(path.parent, quiet)
