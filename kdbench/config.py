@@ -16,6 +16,16 @@ POSE_LOSS_FORMS = ("sum", "mean")  # sum: ||x - x'||^2 + beta ||q - q'||^2; mean
 HEAD_INITS = ("torchvision", "sckd")  # sckd: head N(0, 0.01), xyz output N(0, 0.5) (poselstm's init)
 PRECISIONS = ("fp32", "bf16", "fp16")  # what a job trains in; "auto" is resolved per device before hashing
 
+# Identity rules. A field added after v0.2 gets a default that reproduces what jobs did before it existed,
+# and is registered here: at that value it is left out of the hash, so every stored result keeps its id and
+# its meaning; any other value is a different job. Fields in LABEL_FIELDS are recorded (config.json, the
+# store) but never hashed: they name or describe a job without changing what it computes.
+# A method hyperparameter added later (HParam(..., added_later=True)) is registered the same way, per method,
+# when its method is registered.
+LEGACY_DEFAULTS: dict[str, Any] = {}
+LEGACY_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {}
+LABEL_FIELDS: tuple[str, ...] = ("preset",)
+
 
 def epoch_lr(base_lr: float, schedule: str, epoch: int, epochs: int) -> float:
     """Learning rate of a 0-based epoch: constant, or cosine from base_lr towards 0 at the end."""
@@ -139,10 +149,22 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         return replace(self, **changes)
 
-    def hash(self) -> str:
-        """Stable 12-hex-digit hash of the config (the preset's name is a label, not part of it)."""
+    def identity(self) -> dict[str, Any]:
+        """The fields that name the job: labels dropped, post-v0.2 fields dropped at their legacy default."""
         d = self.to_dict()
-        d.pop("preset")
+        for name in LABEL_FIELDS:
+            d.pop(name, None)
+        for name, legacy in LEGACY_DEFAULTS.items():
+            if name in d and d[name] == legacy:
+                d.pop(name)
+        later = LEGACY_METHOD_DEFAULTS.get(self.method, {})
+        if later:
+            d["method_params"] = {k: v for k, v in d["method_params"].items() if not (k in later and v == later[k])}
+        return d
+
+    def hash(self) -> str:
+        """Stable 12-hex-digit hash of the identity fields (see LEGACY_DEFAULTS and LABEL_FIELDS)."""
+        d = self.identity()
         blob = json.dumps(d, sort_keys=True, default=str, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -24,6 +24,9 @@ class HParam:
     type: str
     help: str
     choices: tuple[str, ...] = ()
+    # True for a parameter added after results were stored: its default must reproduce what the method did
+    # before it existed, and at that default it is left out of the job's identity (config.LEGACY_*).
+    added_later: bool = False
 
     def parse(self, value: Any, where: str) -> Any:
         """Convert a value (often a string from --set) to this parameter's type, or raise a clear error."""

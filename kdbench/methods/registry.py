@@ -9,6 +9,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from kdbench.config import LEGACY_METHOD_DEFAULTS
 from kdbench.errors import KdbenchError
 from kdbench.methods.base import Method
 
@@ -28,6 +29,10 @@ def register_method(name: str):
             raise KdbenchError(f"method name {name!r} is already registered by {_REGISTRY[name].__module__}")
         cls.name = name
         _REGISTRY[name] = cls
+        later = {k: (list(h.default) if isinstance(h.default, tuple) else h.default)
+                 for k, h in getattr(cls, "hparams", {}).items() if getattr(h, "added_later", False)}
+        if later:
+            LEGACY_METHOD_DEFAULTS[name] = later
         return cls
 
     return deco
