@@ -22,9 +22,10 @@ PRECISIONS = ("fp32", "bf16", "fp16")  # what a job trains in; "auto" is resolve
 # store) but never hashed: they name or describe a job without changing what it computes.
 # A method hyperparameter added later (HParam(..., added_later=True)) is registered the same way, per method,
 # when its method is registered.
-LEGACY_DEFAULTS: dict[str, Any] = {}
+LEGACY_DEFAULTS: dict[str, Any] = {"eval_split": "test", "teacher_seed": None}
 LEGACY_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {}
-LABEL_FIELDS: tuple[str, ...] = ("preset",)
+LABEL_FIELDS: tuple[str, ...] = ("preset", "method_label", "threads")
+EVAL_SPLITS = ("test", "val")  # test: train on train, score on test; val: train on train minus val, score on val
 
 
 def epoch_lr(base_lr: float, schedule: str, epoch: int, epochs: int) -> float:
@@ -113,6 +114,16 @@ class TrainConfig:
     # Fingerprint of the data the job trains and is evaluated on (cache manifests of both splits), so a
     # changed scene is a different job; None where the caller does not know it (a bare `train` in tests).
     data: str | None = None
+    # Added after v0.2 (see LEGACY_DEFAULTS): what the job is scored on; "val" trains on the training split
+    # minus its validation part and scores on that part (tuning), never on test frames.
+    eval_split: str = "test"
+    # Seed of the teacher a student learns from, where it differs from the student's own seed (a crossed
+    # teacher-seeds x student-seeds design); None: the same seed (every v0.2 job).
+    teacher_seed: int | None = None
+    # Labels (LABEL_FIELDS): recorded with the job, never hashed. The leaderboard row of a method variant
+    # ("sckd:alpha=0"; empty: the method's name), and the torch CPU thread count the job trained with.
+    method_label: str = ""
+    threads: int | None = None
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "load_size", "crop_size"):
@@ -137,6 +148,10 @@ class TrainConfig:
             raise KdbenchError(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
         if self.seed < 0:
             raise KdbenchError(f"seed must be >= 0, got {self.seed}: seeds are non-negative integers")
+        if self.eval_split not in EVAL_SPLITS:
+            raise KdbenchError(f"eval_split must be one of {', '.join(EVAL_SPLITS)}, got {self.eval_split!r}")
+        if self.teacher_seed is not None and self.teacher_seed < 0:
+            raise KdbenchError(f"teacher_seed must be >= 0, got {self.teacher_seed}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -47,3 +47,12 @@ def test_a_hyperparameter_added_later_is_identity_only_away_from_its_default():
     finally:
         _REGISTRY.pop("identity_probe", None)
         LEGACY_METHOD_DEFAULTS.pop("identity_probe", None)
+
+
+def test_fields_added_after_v02_are_identity_only_away_from_their_legacy_value():
+    base = make_config("SynthRoom", "resnet18", "quick", seed=3)
+    assert base.replace(eval_split="test", teacher_seed=None).hash() == base.hash()
+    assert base.replace(eval_split="val").hash() != base.hash()
+    assert base.replace(teacher_seed=0).hash() != base.hash()
+    # labels are recorded, never hashed
+    assert base.replace(method_label="baseline:x=1", threads=7).hash() == base.hash()
