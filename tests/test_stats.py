@@ -29,8 +29,16 @@ def add_job(store: ResultsStore, job_id: str, kind: str, scene: str, method: str
     store.finish_job(job_id, {"median_t": t, "median_r": r, "mean_t": 1.2 * t, "mean_r": 1.1 * r})
 
 
-def make_store(runs, seeds=(0, 1, 2), effects=None, noise=0.1, rng_seed=3):
-    """Teacher + students on both synthetic scenes; `effects`: method -> (t factor, r factor, noise)."""
+def add_failed(store: ResultsStore, job_id: str, scene: str, method: str, seed: int) -> None:
+    """A student job that failed (no metrics), as the runner records it."""
+    store.upsert_job({"id": job_id, "kind": "student", "scene": scene, "method": method, "arch": "resnet18",
+                      "teacher_arch": "resnet34", "seed": seed, "config": "{}", "preset": "quick",
+                      "status": "failed", "error": "RuntimeError: diverged"})
+
+
+def make_store(runs, seeds=(0, 1, 2), effects=None, noise=0.1, rng_seed=3, failed=()):
+    """Teacher + students on both synthetic scenes; `effects`: method -> (t factor, r factor, noise); `failed`:
+    (scene, method, seed) recorded as failed jobs instead."""
     effects = effects or {"vanilla": (1.0, 1.0, noise), "sckd": (0.7, 0.95, 0.02), "rkd": (1.0, 1.25, 0.03),
                           "hint": (1.05, 1.0, noise)}
     rng = np.random.default_rng(rng_seed)
@@ -41,6 +49,9 @@ def make_store(runs, seeds=(0, 1, 2), effects=None, noise=0.1, rng_seed=3):
                 add_job(store, f"{scene}-teacher-{seed}", "teacher", scene, "baseline", seed, 0.6 * bt, 0.6 * br)
                 add_job(store, f"{scene}-baseline-{seed}", "student", scene, "baseline", seed, bt, br)
                 for method, (ft, fr, sd) in effects.items():
+                    if (scene, method, seed) in failed:
+                        add_failed(store, f"{scene}-{method}-{seed}", scene, method, seed)
+                        continue
                     add_job(store, f"{scene}-{method}-{seed}", "student", scene, method, seed,
                             bt * ft * np.exp(rng.normal(0, sd)), br * fr * np.exp(rng.normal(0, sd)))
     return runs
@@ -251,3 +262,25 @@ def test_comparison_uses_matched_pairs_only(tmp_path):
             add_job(store, f"{scene}-extra", "student", scene, "baseline", 7, 100.0, 100.0)
     comparison = stats.compare_to_baseline(load_results(runs))
     assert set(comparison.loc[comparison["scene"] == AVERAGE, "n_pairs"]) == {6}
+
+
+# the estimator's frames ------------------------------------------------------------------------------------------
+def test_log_ratios_keep_failed_pairs_and_scene_effects_average_seeds(tmp_path):
+    runs = make_store(tmp_path / "runs", failed={("SynthRoom", "sckd", 2)})
+    with ResultsStore(runs) as store:  # sckd diverges on one SynthRoom seed and fails on another
+        store.finish_job("SynthRoom-sckd-0", {"median_t": float("inf"), "median_r": float("nan")})
+        store.record_failure("SynthRoom-sckd-1", "diverged")  # a done job's failed rerun keeps its result
+    pairs = stats.log_ratios(load_results(runs))
+    assert list(pairs.columns) == stats.PAIR_COLUMNS
+    assert len(pairs) == 2 * 3 * 4 * 2  # scenes x seeds x methods x metrics: no pair dropped
+    room = pairs[(pairs["method"] == "sckd") & (pairs["scene"] == "SynthRoom")].set_index(["seed", "metric"])
+    assert room["failed"].to_dict() == {(s, m): s != 1 for s in (0, 1, 2) for m in ("t", "r")}
+    assert room["log_ratio"].isna().to_dict() == room["failed"].to_dict()
+    ok = pairs[pairs["usable"]]
+    np.testing.assert_allclose(ok["log_ratio"], np.log(ok["error"] / ok["base_error"]), rtol=1e-12)
+    effects = stats.scene_effects(pairs).set_index(["method", "metric", "scene"])
+    sckd = effects.loc[("sckd", "t", "SynthRoom")]
+    assert (sckd["n_pairs"], sckd["n_failed"], sckd["n_used"]) == (3, 2, 1)
+    assert sckd["log_ratio"] == pytest.approx(room.loc[(1, "t"), "log_ratio"])
+    street = pairs[(pairs["method"] == "rkd") & (pairs["scene"] == "SynthStreet") & (pairs["metric"] == "r")]
+    assert effects.loc[("rkd", "r", "SynthStreet"), "log_ratio"] == pytest.approx(street["log_ratio"].mean())

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from kdbench.errors import KdbenchError
+from kdbench.reports.rows import AVERAGE, GROUP_TITLES, ROW_KEY, row_labels, shown_jobs
 from kdbench.reports.store import ResultsStore
 
 if TYPE_CHECKING:
@@ -25,11 +26,7 @@ if TYPE_CHECKING:
 METRICS = ("median_t", "median_r", "mean_t", "mean_r", "n_test", "acc_0.25m_2deg", "acc_0.5m_5deg",
            "acc_5m_10deg")
 METHOD_ORDER = ("baseline", "vanilla", "attentive", "similarity", "hint", "sckd")  # then plugins, A-Z
-GROUP_TITLES = {"cambridge": "Cambridge Landmarks", "7scenes": "7-Scenes", "synthetic": "Synthetic scenes",
-                "other": "Other scenes"}
-AVERAGE = "average"
 FORMATS = ("markdown", "terminal", "csv", "json")
-ROW_KEY = ["group", "scene", "role", "arch", "teacher_arch", "method"]
 MARK = "†"  # a significant change (kdbench.reports.stats)
 CSV_TABLES = ("accuracy", "efficiency", "significance")
 
@@ -129,17 +126,6 @@ def load_profiles(runs_dir: str | os.PathLike) -> pd.DataFrame:
 
 
 # accuracy ------------------------------------------------------------------------------------------------
-def shown_jobs(df: pd.DataFrame) -> pd.DataFrame:
-    """Done jobs with both medians; when a (row, seed) ran more than once, the latest run counts."""
-    in_preset = df["in_preset"] if "in_preset" in df else True
-    done = df[(df["status"] == "done") & df["median_t"].notna() & df["median_r"].notna() & in_preset].copy()
-    # Teachers and the no-KD student learn without a teacher: their teacher_arch must not split rows.
-    no_teacher = (done["role"] == "teacher") | (done["method"] == "baseline")
-    done["teacher_arch"] = done["teacher_arch"].where(~no_teacher, "").fillna("")
-    done = done.sort_values("updated", kind="stable") if "updated" in done else done
-    return done.drop_duplicates(ROW_KEY + ["seed"], keep="last")
-
-
 def not_shown(df: pd.DataFrame) -> dict[str, int]:
     """Counts of jobs left out of the tables: failed, unfinished (pending/running), superseded reruns."""
     other = ~df["in_preset"] if "in_preset" in df else pd.Series(False, index=df.index)
@@ -299,22 +285,6 @@ def _add_best(acc: pd.DataFrame) -> pd.DataFrame:
         best = acc[student].groupby(["group", "scene"])[metric].transform("min")
         acc[flag] = student & (acc[metric] == best.reindex(acc.index))
     return acc
-
-
-def row_labels(acc: pd.DataFrame) -> list[str]:
-    """'teacher resnet34', 'resnet18 baseline (no KD)', 'resnet18 sckd' ('← resnet50' if teachers vary)."""
-    kd = acc[(acc["role"] == "student") & (acc["method"] != "baseline")]
-    several = kd.groupby("group")["teacher_arch"].nunique()
-    labels = []
-    for r in acc.itertuples():
-        if r.role == "teacher":
-            labels.append(f"teacher {r.arch}")
-        elif r.method == "baseline":
-            labels.append(f"{r.arch} baseline (no KD)")
-        else:
-            suffix = f" ← {r.teacher_arch}" if several.get(r.group, 0) > 1 and r.teacher_arch else ""
-            labels.append(f"{r.arch} {r.method}{suffix}")
-    return labels
 
 
 # efficiency ---------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sst
 
-from kdbench.reports.leaderboard import AVERAGE, GROUP_TITLES, row_labels, shown_jobs
+from kdbench.reports.rows import AVERAGE, GROUP_TITLES, result_jobs, row_labels, shown_jobs
 
 ALPHA = 0.05
 CONFIDENCE = 0.95
@@ -104,6 +104,67 @@ def _students(jobs: pd.DataFrame) -> pd.DataFrame:
     students = jobs[jobs["role"] == "student"].copy()
     students["label"] = row_labels(students) if len(students) else []
     return students
+
+
+# matched pairs -------------------------------------------------------------------------------------------------
+PAIR_KEY = ["group", "arch", "teacher_arch", "method", "label", "metric"]
+PAIR_COLUMNS = PAIR_KEY + ["scene", "seed", "error", "base_error", "log_ratio", "failed", "base_failed", "usable"]
+SCENE_COLUMNS = PAIR_KEY + ["scene", "n_pairs", "n_failed", "n_base_failed", "n_zero", "n_used", "log_ratio",
+                            "sd"]
+
+
+def log_ratios(df: pd.DataFrame) -> pd.DataFrame:
+    """Every matched (scene, seed) pair of a KD student row and the no-KD student of its architecture, per metric.
+
+    One row per (group, arch, teacher_arch, method, label, metric, scene, seed): both errors and the log error
+    ratio log(error / base_error). Failed or non-finite runs are pairs too (`failed`: the method's run,
+    `base_failed`: the baseline's; log_ratio NaN), never dropped. A zero error on one side gives a log ratio of
+    -inf or +inf (a ratio cannot say by how much), zero on both sides gives 0 (a tie). `usable`: the log ratio is
+    finite, so it can enter a mean; estimates average the usable pairs and count the others.
+    """
+    jobs = result_jobs(df)
+    students = jobs[jobs["role"] == "student"].copy()
+    if students.empty:
+        return pd.DataFrame(columns=PAIR_COLUMNS)
+    students["label"] = row_labels(students)
+    base = students[students["method"] == "baseline"]
+    kd = students[students["method"] != "baseline"]
+    out = []
+    for metric, (col, _) in METRICS.items():
+        pairs = kd.merge(base[["group", "arch", "scene", "seed", col, "failed"]], on=["group", "arch", "scene", "seed"],
+                         suffixes=("", "_base"))
+        e, b = pairs[col].to_numpy(dtype=float), pairs[f"{col}_base"].to_numpy(dtype=float)
+        failed, base_failed = pairs["failed"].to_numpy(bool), pairs["failed_base"].to_numpy(bool)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lr = np.log(e) - np.log(b)
+        lr = np.where((e == 0) & (b == 0), 0.0, lr)
+        lr = np.where(failed | base_failed, np.nan, lr)
+        out.append(pd.DataFrame({**{k: pairs[k].to_numpy() for k in PAIR_KEY if k != "metric"}, "metric": metric,
+                                 "scene": pairs["scene"].to_numpy(), "seed": pairs["seed"].to_numpy(),
+                                 "error": e, "base_error": b, "log_ratio": lr, "failed": failed,
+                                 "base_failed": base_failed, "usable": np.isfinite(lr)}))
+    return pd.concat(out, ignore_index=True)[PAIR_COLUMNS]
+
+
+def scene_effects(pairs: pd.DataFrame) -> pd.DataFrame:
+    """The per-scene estimator: per row, metric and scene, the mean log ratio over that scene's usable seeds.
+
+    exp(log_ratio) - 1 is the scene's geometric-mean change. Counted beside it: the pairs (n_pairs), the method's
+    failed runs (n_failed), the baseline's (n_base_failed), pairs with a zero error (n_zero) and the usable pairs
+    the mean is over (n_used; log_ratio NaN when none). `sd`: standard deviation of the usable log ratios.
+    """
+    if pairs.empty:
+        return pd.DataFrame(columns=SCENE_COLUMNS)
+    zero = (pairs["error"] == 0) | (pairs["base_error"] == 0)
+    frame = pairs.assign(_zero=zero & ~pairs["failed"] & ~pairs["base_failed"],
+                         _lr=pairs["log_ratio"].where(pairs["usable"]))
+    out = frame.groupby(PAIR_KEY + ["scene"], sort=False, dropna=False).agg(
+        n_pairs=("seed", "size"), n_failed=("failed", "sum"), n_base_failed=("base_failed", "sum"),
+        n_zero=("_zero", "sum"), n_used=("usable", "sum"), log_ratio=("_lr", "mean"),
+        sd=("_lr", "std")).reset_index()
+    for c in ("n_pairs", "n_failed", "n_base_failed", "n_zero", "n_used"):
+        out[c] = out[c].astype(int)
+    return out[SCENE_COLUMNS]
 
 
 # against the baseline -----------------------------------------------------------------------------------------
