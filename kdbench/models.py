@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import NamedTuple
 
@@ -87,10 +88,20 @@ class PoseNet(nn.Module):
         hidden = relu(linear(pooled))
         if "embed" in taps:  # before Dropout: student and teacher features are both un-noised
             feats["embed"] = hidden
-        embed = dropout(hidden)
-        xyz = self.fc_xyz(embed)
-        q = F.normalize(self.fc_q(embed), dim=1)
+        xyz, q = self.pose_head(dropout(hidden))
         return PoseOutput(xyz, q, feats)
+
+    def pose_head(self, embed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """fc_xyz and fc_q outside any autocast, in the weights' dtype (float32 in training).
+
+        Why: bf16 has 8 significant bits, so at Cambridge's 32-64 m coordinates an xyz out of a bf16 fc_xyz
+        sits on a 0.25 m grid, coarser than the errors being compared.
+        """
+        device = embed.device.type
+        # Only when autocast is on: an exported (ONNX) graph then stays free of an autocast region.
+        with torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else nullcontext():
+            embed = embed.to(self.fc_xyz.weight.dtype)
+            return self.fc_xyz(embed), F.normalize(self.fc_q(embed), dim=1)
 
     def trunk_modules_up_to(self, tap: str) -> list[str]:
         """Dotted names of the trunk modules that compute `tap` (used by staged training schedules)."""
