@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -13,6 +14,11 @@ ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 PRESETS = ("quick", "paper")
 PRESET_HELP = ("quick: offline CPU smoke benchmark (40/32 px, from scratch); paper: SCKD's setting (256/224 px, "
                "500 epochs, ImageNet trunk)")
+
+# OSErrors a user fixes on their side (space, permissions, read-only disks, links, files in the way)
+_FILE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ELOOP, errno.ENOTDIR, errno.EEXIST,
+                errno.EISDIR, errno.ENAMETOOLONG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
 
 class _HelpFormatter(argparse.HelpFormatter):
     """Shows each option's default after its help, unless the help already says it or there is none."""
@@ -283,6 +289,14 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(args) or 0
     except KdbenchError as exc:
         print(f"kdbench: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in _FILE_ERRNOS:
+            raise
+        from kdbench.fileio import write_error
+
+        # A write (or read) that no command translated: still one line naming the file and the fix.
+        print(f"kdbench: error: {write_error(exc.filename or '?', exc, verb='use')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kdbench: interrupted; rerun the same command to continue where it stopped", file=sys.stderr)

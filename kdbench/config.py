@@ -146,6 +146,8 @@ class TrainConfig:
                 raise KdbenchError(f"{name} must be a positive number, got {value!r}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise KdbenchError(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
+        if not (math.isfinite(self.beta) and self.beta >= 0):  # a negative beta rewards rotation error
+            raise KdbenchError(f"beta (--beta) must be a finite number >= 0, got {self.beta!r}")
         if self.seed < 0:
             raise KdbenchError(f"seed must be >= 0, got {self.seed}: seeds are non-negative integers")
         if self.eval_split not in EVAL_SPLITS:

@@ -103,6 +103,53 @@ def disk_full_error(path: str | os.PathLike, detail: str = "") -> KdbenchError:
                         "any, is unchanged")
 
 
+def write_error(path: str | os.PathLike, exc: OSError, what: str = "", verb: str = "write") -> KdbenchError:
+    """One line for any OSError of a write: which file, what went wrong, and the fix."""
+    path = Path(path)
+    name = f"{what} {path}" if what else str(path)
+    code = exc.errno
+    if code in _DISK_FULL:
+        return disk_full_error(path, exc.strerror or "")
+    if code == errno.EROFS:
+        why, fix = "the file system is read-only", "point it at a writable folder (or remount the disk read-write)"
+    elif code in (errno.EACCES, errno.EPERM):
+        why, fix = "permission denied", f"make {path.parent} writable for this user, or write elsewhere"
+    elif code == errno.ELOOP:
+        why, fix = "a symbolic link on the way loops", "fix or remove the looping link, or write elsewhere"
+    elif code in (errno.ENOTDIR, errno.EEXIST):
+        why, fix = "a file stands where a folder must be", "remove or rename that file, or write elsewhere"
+    elif code == errno.EISDIR:
+        why, fix = "it is a folder, not a file", "remove or rename the folder, or write elsewhere"
+    elif code == errno.ENAMETOOLONG:
+        why, fix = "the name is too long", "use a shorter path"
+    else:
+        why, fix = exc.strerror or type(exc).__name__, "check the path and its disk, then rerun"
+    return KdbenchError(f"cannot {verb} {name}: {why} ({errno.errorcode.get(code, exc)}): {fix}; nothing "
+                        "already written was changed")
+
+
+@contextmanager
+def translated_writes(path: str | os.PathLike, what: str = "") -> Iterator[None]:
+    """Turn any OSError raised inside into `write_error`'s one line (KdbenchErrors pass through)."""
+    try:
+        yield
+    except KdbenchError:
+        raise
+    except OSError as exc:
+        raise write_error(getattr(exc, "filename", None) or path, exc, what) from None
+
+
+def ensure_dir(path: str | os.PathLike, what: str = "") -> Path:
+    """Create folder `path` (and parents), or a one-line error: it is a file, a link loops, it is read-only..."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise KdbenchError(f"{what + ' ' if what else ''}{path} is a file, not a folder: pass a folder (it is "
+                           "created when missing)")
+    with translated_writes(path, what):
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _is_disk_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
         return True
@@ -118,12 +165,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
         raise KdbenchError(f"cannot write {path}: {path.parent} is a file, not a folder") from None
+    except OSError as exc:
+        raise write_error(path, exc) from None
     clean_orphans(path.parent)
     try:
         mode = path.stat().st_mode & 0o7777
     except OSError:
         mode = 0o666 & ~_umask()
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -136,6 +188,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         except (OSError, RuntimeError) as exc:
             if _is_disk_full(exc):
                 raise disk_full_error(path, exc.strerror or "" if isinstance(exc, OSError) else "") from None
+            if isinstance(exc, OSError):
+                raise write_error(path, exc) from None
             raise
     finally:
         if tmp_path.exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
@@ -34,6 +35,8 @@ class HParam:
         try:
             if self.type == "float":
                 out = float(value)
+                if not math.isfinite(out):  # NaN passes every range check (all comparisons are False)
+                    raise KdbenchError(f"{where}: {value!r} is not a finite number; give a float such as 0.5")
             elif self.type == "int":
                 if isinstance(value, float) and not value.is_integer():
                     raise ValueError(value)

@@ -131,11 +131,14 @@ def resolve(text: str, base: dict[str, str] | None = None) -> Variant:
 def expand_methods(arg: str | list[str]) -> list[str]:
     """Groups expanded, each item canonical (against the defaults), duplicates removed, order kept.
 
-    An empty selection means `all`.
+    An empty selection is an error (it used to mean `all`: `--methods ''` silently ran every method).
     """
     items = split_items(arg) if isinstance(arg, str) else [i for a in arg for i in split_items(a)]
+    if not items:
+        raise KdbenchError(f"--methods {arg!r} names no method: give at least one, e.g. --methods baseline,sckd, "
+                           "or a group (all, core, ablations)")
     out: list[str] = []
-    for item in items or ["all"]:
+    for item in items:
         if item == "all":
             out += all_methods()
         elif item in GROUPS:

@@ -24,8 +24,11 @@ _IGNORED = ("id",)  # present when rows were dumped from a store; the importing 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Print or write the leaderboard; with --plots also write the figures."""
+    from kdbench.fileio import ensure_dir, translated_writes
     from kdbench.reports import leaderboard
 
+    if args.plots:  # a file or a looping link there is one line before any work
+        ensure_dir(args.plots, "--plots")
     df = leaderboard.load_results(args.runs_dir, args.scenes, args.preset)
     profiles = leaderboard.load_profiles(args.runs_dir)
     if args.format == "html":  # a folder: index.html with the plots inside (--out default site/)
@@ -46,7 +49,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.plots:
         from kdbench.reports.plots import write_plots
 
-        paths = write_plots(df, profiles, args.plots, runs_dir=args.runs_dir)
+        with translated_writes(args.plots, "--plots"):
+            paths = write_plots(df, profiles, args.plots, runs_dir=args.runs_dir)
         for path in paths:
             print(f"wrote {path}", file=sys.stderr)
         if not paths:

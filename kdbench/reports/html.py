@@ -283,6 +283,5 @@ def write_site(df: pd.DataFrame, profiles: pd.DataFrame, out_dir: str | os.PathL
                            f"e.g. --out site/")
     images = plot_images(df, profiles, runs_dir) if importlib.util.find_spec("matplotlib") else None
     path = Path(out_dir) / INDEX
-    write_text_atomic(path, render_html(df, profiles, runs_dir, images))
-    os.chmod(path, 0o644)  # a page to publish: the atomic write's temporary file was private
+    write_text_atomic(path, render_html(df, profiles, runs_dir, images))  # keeps an existing page's mode
     return path

@@ -100,6 +100,36 @@ def damaged_store_error(path: Path, detail: str) -> KdbenchError:
                         "or move it aside and rerun")
 
 
+class StoreNotWritable(KdbenchError):
+    """The store cannot be written here (read-only folder or file system): a run with nothing to do still works."""
+
+
+def _operational_error(path: Path, exc: sqlite3.Error, timeout_s: float) -> KdbenchError:
+    """One true line for an SQLite error of an open or a write: locked, read-only, full, or changed layout."""
+    text = str(exc)
+    low = text.lower()
+    if "locked" in low or "busy" in low:
+        return KdbenchError(f"results store {path} is locked by another process (waited {timeout_s:.0f} s): another "
+                            "kdbench (or an SQLite tool) holds a write transaction; let it finish or stop it, then "
+                            "rerun")
+    if "disk is full" in low or "disk full" in low:
+        from kdbench.fileio import disk_full_error
+
+        return disk_full_error(path, text)
+    if "readonly" in low or "read-only" in low or "unable to open" in low:
+        return StoreNotWritable(f"cannot write the results store {path} ({text}): the runs folder and the file "
+                                "must be writable (read-only commands such as `kdbench report` work without)")
+    if "no such column" in low or "no such table" in low or "has no column" in low:
+        return KdbenchError(f"results store {path} does not have the layout kdbench writes ({text}): a table or "
+                            f"column was renamed or dropped; rebuild it with `kdbench run --rebuild-store "
+                            f"--runs-dir {path.parent}` (the old file is kept beside it)")
+    if isinstance(exc, sqlite3.IntegrityError):
+        return KdbenchError(f"results store {path} refused a write ({text}): a trigger or constraint that kdbench "
+                            f"did not create rejects it; drop it, or rebuild the store with `kdbench run "
+                            f"--rebuild-store --runs-dir {path.parent}`")
+    return KdbenchError(f"cannot use the results store {path} ({text})")
+
+
 def file_sha256(path: str | os.PathLike) -> tuple[int, str]:
     """(size in bytes, SHA-256 hex) of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
@@ -130,11 +160,17 @@ class ResultsStore:
     `create=False` opens an existing store read-only (`tables=False`: only check that it is not damaged).
     """
 
+    TIMEOUT_S = 30.0  # how long a writer waits for another one's transaction
+
     def __init__(self, runs_dir: str | os.PathLike, create: bool = True, tables: bool = True):
         self.runs_dir = Path(runs_dir)
         self.path = self.runs_dir / STORE_NAME
         self.readonly = not create
         check_runs_dir(self.runs_dir)
+        if self.path.is_dir():
+            raise KdbenchError(f"results store {self.path} is a folder, not a file: move it aside (kdbench then "
+                               f"creates a new store; `kdbench run --rebuild-store --runs-dir {self.runs_dir}` "
+                               "refills it from the run folders)")
         if self.readonly:
             if not self.path.is_file():
                 raise KdbenchError(f"no results store at {self.path}: run `kdbench run --runs-dir {self.runs_dir}` "
@@ -145,6 +181,8 @@ class ResultsStore:
                 self.conn.close()
                 raise KdbenchError(f"results store {self.path} holds no kdbench tables (empty, or not written by "
                                    f"kdbench): run `kdbench run --runs-dir {self.runs_dir}` to fill it")
+            if tables:
+                self._check_layout()
         else:
             try:
                 self.runs_dir.mkdir(parents=True, exist_ok=True)
@@ -153,10 +191,9 @@ class ResultsStore:
                                    "a writable --runs-dir") from None
             existed = self.path.is_file() and self.path.stat().st_size > 0
             try:
-                self.conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+                self.conn = sqlite3.connect(self.path, timeout=self.TIMEOUT_S, isolation_level=None)
             except sqlite3.Error as exc:
-                raise KdbenchError(f"cannot open the results store {self.path} ({exc}): the runs folder must be "
-                                   "writable") from None
+                raise _operational_error(self.path, exc, self.TIMEOUT_S) from None
             if existed:
                 self._check()
             try:
@@ -165,11 +202,10 @@ class ResultsStore:
                 self.conn.executescript(_SCHEMA)
                 self._migrate()
                 self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                self._check_layout()
             except sqlite3.OperationalError as exc:
                 self.conn.close()
-                raise KdbenchError(f"cannot write the results store {self.path} ({exc}): the runs folder and the "
-                                   "file must be writable (read-only commands such as `kdbench report` work "
-                                   "without)") from None
+                raise _operational_error(self.path, exc, self.TIMEOUT_S) from None
             except sqlite3.DatabaseError as exc:
                 self.conn.close()
                 raise damaged_store_error(self.path, str(exc)) from None
@@ -203,6 +239,17 @@ class ResultsStore:
         if first != "ok":
             self.conn.close()
             raise damaged_store_error(self.path, str(first))
+
+    def _check_layout(self) -> None:
+        """Every column kdbench reads is there (a renamed one is one line, not an error inside a query)."""
+        need = {"jobs": [c for c in JOB_COLUMNS if c not in _ADDED_JOB_COLUMNS], "metrics": ["job_id", "name", "value"]}
+        for table, cols in need.items():
+            have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+            missing = [c for c in cols if c not in have]
+            if missing:
+                self.conn.close()
+                raise _operational_error(self.path, sqlite3.OperationalError(
+                    f"no such column: {table}.{missing[0]}"), self.TIMEOUT_S)
 
     def _has_tables(self) -> bool:
         names = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -243,11 +290,9 @@ class ResultsStore:
         """Damage found after opening (a later page) is a one-line error too."""
         try:
             yield
-        except sqlite3.OperationalError:
-            raise
+        except (sqlite3.OperationalError, sqlite3.IntegrityError) as exc:
+            raise _operational_error(self.path, exc, self.TIMEOUT_S) from None
         except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.IntegrityError):
-                raise
             raise damaged_store_error(self.path, str(exc)) from None
 
     def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:

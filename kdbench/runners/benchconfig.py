@@ -88,6 +88,9 @@ def _convert(action: argparse.Action, key: str, value: Any, where: str) -> Any:
         items = value if isinstance(value, list) else [value]
         return [_scalar(action, _set_value(v) if action.dest == "sets" else v, where) for v in items]
     if isinstance(value, list) and action.type is None:  # methods = ["baseline", "sckd"], seeds = [0, 1]
+        if not value:  # `methods = []` once meant every method
+            raise KdbenchError(f"{where}: an empty list; give at least one value, or leave the key out for "
+                               "the default")
         return _scalar(action, ",".join(str(v) for v in value), where)
     return _scalar(action, value, where)
 

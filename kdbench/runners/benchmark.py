@@ -14,10 +14,25 @@ from kdbench.config import get_preset
 from kdbench.errors import KdbenchError
 from kdbench.methods import load_plugin, parse_set_args
 from kdbench.progress import JobProgress, console
-from kdbench.reports.store import FINISHED, ResultsStore, check_runs_dir, check_store, rebuild_store
+from kdbench.reports.store import (
+    FINISHED,
+    STORE_NAME,
+    ResultsStore,
+    StoreNotWritable,
+    check_runs_dir,
+    check_store,
+    rebuild_store,
+)
 from kdbench.runners.executors import EXECUTORS
 from kdbench.runners.plan import Job, make_plan, parse_methods, parse_seeds
-from kdbench.runners.preflight import check_device, check_weights, parse_weights
+from kdbench.runners.preflight import (
+    check_checkpoint_every,
+    check_device,
+    check_load_size,
+    check_weights,
+    check_weights_keys,
+    parse_weights,
+)
 from kdbench.runners.train import CHECKPOINT
 from kdbench.scenes.catalog import SceneSpec, is_on_disk, resolve_scenes, scene_dir
 from kdbench.scenes.status import download_size
@@ -162,6 +177,14 @@ def _wait_for(runs_dir: Path, jobs: list[Job], quiet: bool) -> None:
             pass
 
 
+def _all_done_read_only(runs: Path, jobs: list[Job]) -> bool:
+    """Whether the store (read without writing) has every job done, so a run has nothing to write."""
+    if not (runs / STORE_NAME).is_file():
+        return False
+    with ResultsStore(runs, create=False) as store:
+        return all((row := store.get_job(j.id)) is not None and row["status"] == "done" for j in jobs)
+
+
 def _finished(store: ResultsStore, job: Job) -> dict[str, Any] | None:
     row = store.get_job(job.id)
     return row if is_reusable(row) else None
@@ -192,6 +215,7 @@ def plan_benchmark(methods: str | list[str] = "all", scenes: str | list[str] = "
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if "weights" in overrides:
         overrides["weights"] = parse_weights(overrides["weights"])
+        check_weights_keys(overrides["weights"], {teacher_arch, student_arch})
     plugins = [str(Path(p).resolve()) for p in plugins or []]
     for p in plugins:
         load_plugin(p)
@@ -204,6 +228,34 @@ def plan_benchmark(methods: str | list[str] = "all", scenes: str | list[str] = "
     jobs = with_data(jobs, {s.name: _known_fingerprint(s, data_root, load_size) for s in specs})
     frames = {s.name: frame_counts(s, data_root) for s in specs}
     return BenchmarkPlan(specs, jobs, plugins, load_size, frames)
+
+
+def preflight_benchmark(methods: str | list[str] = "all", scenes: str | list[str] = "synthetic",
+                        seeds: str | int | list[int] = 1, teacher_arch: str = "resnet34",
+                        student_arch: str = "resnet18", preset: str = "quick", sets: list[str] | None = None,
+                        plugins: list[str] | None = None, executor: str = "local",
+                        data_root: str | os.PathLike | None = None, *, device: str | None = None,
+                        precision: str | None = "auto", jobs_per_gpu: int | str | None = None,
+                        checkpoint_every: float | None = None, runs_dir: str | os.PathLike = "runs",
+                        fetch: bool = True, **overrides: Any) -> tuple[BenchmarkPlan, str | None, int | None]:
+    """Every check a run makes before its first job, in one place: `run` and `run --dry-run` both call it.
+
+    Returns (plan, device or None for auto, jobs per GPU or None for auto). `fetch=False` (the dry run)
+    downloads no ImageNet weights; every other check is the same.
+    """
+    from kdbench.runners.concurrency import parse_jobs_per_gpu
+    from kdbench.runners.precision import resolve_precision
+
+    device = check_device(device)
+    overrides["precision"] = resolve_precision(precision, device)
+    jobs_per_gpu = parse_jobs_per_gpu(jobs_per_gpu)
+    check_checkpoint_every(checkpoint_every)
+    check_load_size(overrides.get("load_size"))
+    check_runs_dir(runs_dir)
+    plan = plan_benchmark(methods, scenes, seeds, teacher_arch, student_arch, preset, sets, plugins, executor,
+                          data_root, **overrides)
+    check_weights({(j.cfg.arch, j.cfg.weights) for j in plan.jobs}, fetch=fetch)
+    return plan, device, jobs_per_gpu
 
 
 def frame_counts(spec: SceneSpec, data_root: str | os.PathLike | None) -> tuple[int, int]:
@@ -246,19 +298,13 @@ def run_benchmark(methods: str | list[str] = "all", scenes: str | list[str] = "s
     locked while it runs (`<run folder>/.lock`): a second run on the same runs folder leaves it to the
     first, waits for it, and then reuses its result.
     """
-    from kdbench.runners.concurrency import parse_jobs_per_gpu
-    from kdbench.runners.precision import resolve_precision
-
     t_start = time.perf_counter()
-    device = check_device(device)
-    overrides["precision"] = resolve_precision(precision, device)
-    jobs_per_gpu = parse_jobs_per_gpu(jobs_per_gpu)
     runs = Path(runs_dir)
-    check_runs_dir(runs)
-    plan = plan_benchmark(methods, scenes, seeds, teacher_arch, student_arch, preset, sets, plugins, executor,
-                          data_root, **overrides)
+    plan, device, jobs_per_gpu = preflight_benchmark(
+        methods, scenes, seeds, teacher_arch, student_arch, preset, sets, plugins, executor, data_root,
+        device=device, precision=precision, jobs_per_gpu=jobs_per_gpu, checkpoint_every=checkpoint_every,
+        runs_dir=runs, **overrides)
     jobs, plugins = plan.jobs, plan.plugins
-    check_weights({(j.cfg.arch, j.cfg.weights) for j in jobs})
     result = BenchmarkResult(jobs)
     if rebuild:
         result.rebuilt = rebuild_store(runs)
@@ -270,7 +316,16 @@ def run_benchmark(methods: str | list[str] = "all", scenes: str | list[str] = "s
 
     from kdbench.runners.environment import environment
 
-    store = ResultsStore(runs)
+    try:
+        store = ResultsStore(runs)
+    except StoreNotWritable:
+        if not _all_done_read_only(runs, jobs):
+            raise
+        # Nothing to train and nothing to record: a read-only runs folder is enough to report it.
+        result.reused = [j.id for j in jobs]
+        result.store_path = runs / STORE_NAME
+        result.seconds = time.perf_counter() - t_start
+        return result
     result.store_path = store.path
     try:
         env_id = store.add_environment(environment(device))

@@ -39,9 +39,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train and evaluate one model, writing checkpoint, config, metrics and predictions; record it in the store."""
     _check_file(args.teacher, "teacher checkpoint", "pass --teacher path/to/checkpoint.pt (written by kdbench "
                 "train or run)")
-    from kdbench.runners.preflight import parse_weights, weights_for
+    from kdbench.runners.preflight import check_checkpoint_every, check_weights_keys, parse_weights, weights_for
 
-    weights = weights_for(parse_weights(args.weights), args.arch)
+    check_checkpoint_every(args.checkpoint_every)
+    weights = parse_weights(args.weights)
+    check_weights_keys(weights, {args.arch})
+    weights = weights_for(weights, args.arch)
     if weights not in (None, "imagenet", "none"):
         _check_file(weights, "--weights file", "pass an existing state_dict PATH, imagenet, or none")
 
@@ -181,34 +184,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the benchmark, print the leaderboard and a summary of failures (non-zero exit if any)."""
-    from kdbench.reports.store import check_runs_dir
-    from kdbench.runners.benchmark import plan_benchmark, run_benchmark
+    from kdbench.runners.benchmark import preflight_benchmark, run_benchmark
 
     options = dict(methods=args.methods, scenes=args.scenes, seeds=args.seeds, teacher_arch=args.teacher_arch,
                    student_arch=args.student_arch, preset=args.preset, sets=args.sets, plugins=args.plugin,
                    executor=args.executor, data_root=args.data_root, epochs=args.epochs,
-                   batch_size=args.batch_size, load_size=args.load_size, crop_size=args.crop, weights=args.weights)
-    from kdbench.runners.precision import resolve_precision
-    from kdbench.runners.preflight import check_device
-
-    # resolved here so that the plan (and a dry run) shows the configs that will really train
-    options.update(precision=resolve_precision(args.precision, check_device(args.device)),
-                   compile=args.compile or None)
+                   batch_size=args.batch_size, load_size=args.load_size, crop_size=args.crop, weights=args.weights,
+                   compile=args.compile or None, device=args.device, precision=args.precision,
+                   jobs_per_gpu=args.jobs_per_gpu, checkpoint_every=args.checkpoint_every)
+    # The checks of the real run, before its first job (a dry run fetches no weights): the plan shows the
+    # configs that will really train, and whatever the run would reject, the dry run rejects.
+    plan = preflight_benchmark(**options, runs_dir=args.runs_dir, fetch=False)[0]
     if args.dry_run:
         from kdbench.runners.dryrun import print_dry_run
 
-        print_dry_run(plan_benchmark(**options), args.runs_dir, args.data_root)
+        print_dry_run(plan, args.runs_dir, args.data_root)
         return 0
-    plan_benchmark(**options)  # every argument checked before the resolved options are recorded
-    check_runs_dir(args.runs_dir)
     from kdbench.cli import build_parser, subparser
     from kdbench.runners.benchconfig import write_resolved_config
 
-    written = write_resolved_config(subparser(build_parser(), "run"), args, args.runs_dir)
-    if not args.quiet:
-        print(f"options of this run: {written}", file=sys.stderr)
-    res = run_benchmark(address=args.address, runs_dir=args.runs_dir, quiet=args.quiet, device=args.device,
-                        jobs_per_gpu=args.jobs_per_gpu, checkpoint_every=args.checkpoint_every,
+    try:
+        written = write_resolved_config(subparser(build_parser(), "run"), args, args.runs_dir)
+        if not args.quiet:
+            print(f"options of this run: {written}", file=sys.stderr)
+    except KdbenchError as exc:  # a record of the options, not a result: a run with nothing to write goes on
+        print(f"kdbench: warning: the options of this run were not recorded: {exc}", file=sys.stderr)
+    res = run_benchmark(address=args.address, runs_dir=args.runs_dir, quiet=args.quiet,
                         rebuild=args.rebuild_store, **options)
     print_leaderboard(args.runs_dir, args.scenes, [job.id for job in res.jobs])  # what this run was asked
     print(run_summary(res))

@@ -12,7 +12,11 @@ from kdbench.methods.variants import BUILTIN_ORDER, expand_methods, resolve_meth
 from kdbench.runners.preflight import weights_for
 from kdbench.scenes.catalog import SceneSpec
 
-__all__ = ["BUILTIN_ORDER", "Job", "make_plan", "parse_methods", "parse_seeds"]
+__all__ = ["BUILTIN_ORDER", "MAX_PLAN_JOBS", "Job", "make_plan", "parse_methods", "parse_seeds"]
+
+# A run plans every job up front (and the store and the progress bars hold them all): a plan larger than this
+# is a typo (`--seeds 100000000`) rather than a benchmark, and fails fast instead of growing memory.
+MAX_PLAN_JOBS = 100_000
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ def parse_methods(arg: str | list[str]) -> list[str]:
 def parse_seeds(arg: str | int | list[int]) -> list[int]:
     """`3` means seeds 0, 1, 2; `0,5,7` means those seeds (each a whole number >= 0)."""
     if isinstance(arg, int):
-        seeds = None if arg < 1 else list(range(arg))
+        seeds = _seed_range(arg, arg)
     elif isinstance(arg, list):
         seeds = list(arg)
     else:
@@ -63,8 +67,7 @@ def parse_seeds(arg: str | int | list[int]) -> list[int]:
             if "," in text:
                 seeds = [int(s) for s in text.split(",") if s.strip()]
             else:
-                n = int(text)
-                seeds = None if n < 1 else list(range(n))
+                seeds = _seed_range(int(text), arg)
         except ValueError:
             raise KdbenchError(f"--seeds {arg!r}: give a count (3) or a comma-separated list (0,1,2)") from None
     if seeds is None:
@@ -76,6 +79,15 @@ def parse_seeds(arg: str | int | list[int]) -> list[int]:
     return list(dict.fromkeys(seeds))
 
 
+def _seed_range(n: int, arg: object) -> list[int] | None:
+    """Seeds 0..n-1 (None when n < 1), refused before the list is built when n exceeds the plan bound."""
+    if n > MAX_PLAN_JOBS:
+        raise KdbenchError(f"--seeds {arg!r}: {n:,} seeds exceed the {MAX_PLAN_JOBS:,} jobs a run plans at most "
+                           "(MAX_PLAN_JOBS); give fewer seeds, or split them over several runs on the same "
+                           "--runs-dir (--seeds 0,1,2 then --seeds 3,4,5)")
+    return None if n < 1 else list(range(n))
+
+
 def make_plan(methods: list[str], scenes: list[SceneSpec], seeds: list[int], teacher_arch: str = "resnet34",
               student_arch: str = "resnet18", preset: str = "quick",
               method_params: dict[str, dict[str, Any]] | None = None, **overrides: Any) -> list[Job]:
@@ -85,6 +97,11 @@ def make_plan(methods: list[str], scenes: list[SceneSpec], seeds: list[int], tea
     of that method, a variant's own keys win.
     """
     variants = resolve_methods(methods, method_params)  # validates every --set and variant early
+    n_jobs = len(scenes) * len(seeds) * (len(variants) + 1)
+    if n_jobs > MAX_PLAN_JOBS:
+        raise KdbenchError(f"this plan has about {n_jobs:,} jobs ({len(variants)} method(s) x {len(scenes)} scene(s) "
+                           f"x {len(seeds)} seed(s)), more than the {MAX_PLAN_JOBS:,} a run plans at most "
+                           "(MAX_PLAN_JOBS): split it over several runs on the same --runs-dir")
     jobs: list[Job] = []
     for spec in scenes:
         for seed in seeds:

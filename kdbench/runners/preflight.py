@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 from kdbench.errors import KdbenchError
 
 SPECIAL_WEIGHTS = ("imagenet", "none")
+TRAIN_DEVICE_TYPES = ("cpu", "cuda", "mps")  # torch knows more (meta, xla...); kdbench trains on these
 
 
 def parse_weights(value: str | None) -> str | dict[str, str] | None:
@@ -28,6 +30,35 @@ def parse_weights(value: str | None) -> str | dict[str, str] | None:
     return _absolute(value)
 
 
+def check_weights_keys(weights: str | dict[str, str] | None, archs: set[str]) -> None:
+    """`--weights ARCH=PATH,...` may only name architectures of the plan: a misspelt key is not ignored."""
+    if not isinstance(weights, dict):
+        return
+    for key in weights:
+        if key not in archs:
+            close = difflib.get_close_matches(key, sorted(archs), n=1, cutoff=0.5)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise KdbenchError(f"--weights names architecture {key!r}, which this run does not train{hint}: "
+                               f"its architectures are {', '.join(sorted(archs))}")
+
+
+def check_checkpoint_every(seconds: float | None) -> None:
+    """--checkpoint-every: seconds >= 0 (NaN and negatives fail here, before any job, not in every job)."""
+    if seconds is None:
+        return
+    from kdbench.runners.checkpoints import CheckpointPolicy
+
+    CheckpointPolicy(seconds)
+
+
+def check_load_size(load_size: int | None) -> None:
+    """The cache's short side must be at least the cache's minimum (checked again when it is built)."""
+    from kdbench.scenes.cache import MIN_LOAD_SIZE
+
+    if load_size is not None and load_size < MIN_LOAD_SIZE:
+        raise KdbenchError(f"--load-size {load_size} is too small: use at least {MIN_LOAD_SIZE} pixels")
+
+
 def weights_for(weights: str | dict[str, str] | None, arch: str) -> str | None:
     """The weights one architecture starts from (None: the preset's)."""
     return weights.get(arch) if isinstance(weights, dict) else weights
@@ -38,16 +69,17 @@ def _absolute(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-def check_weights(pairs: set[tuple[str, str]]) -> None:
+def check_weights(pairs: set[tuple[str, str]], fetch: bool = True) -> None:
     """Load each (arch, weights) once, as training will: offline ImageNet or a bad file fails now.
 
     `imagenet` is fetched through torchvision's weights API (it lands in torch's cache, so training
-    does not download it again); a file must exist and match the architecture.
+    does not download it again); a file must exist and match the architecture. `fetch=False` (a dry run)
+    leaves `imagenet` alone: it downloads nothing.
     """
     from kdbench.models import PoseNet
 
     for arch, weights in sorted(pairs):
-        if weights in (None, "", "none"):
+        if weights in (None, "", "none") or (weights == "imagenet" and not fetch):
             continue
         if weights != "imagenet" and not Path(weights).is_file():
             raise KdbenchError(f"--weights {weights} (for {arch}) does not exist: pass an existing state_dict "
@@ -68,6 +100,9 @@ def check_device(name: str | None) -> str | None:
         dev = torch.device(name)
     except (RuntimeError, ValueError):
         raise KdbenchError(f"--device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in TRAIN_DEVICE_TYPES:
+        raise KdbenchError(f"--device {name}: torch knows this device type, but kdbench cannot train or "
+                           "evaluate on it; use auto, cpu, cuda or cuda:N")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise KdbenchError(f"--device {name}: CUDA is not available here (torch {torch.__version__}); "

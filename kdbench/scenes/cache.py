@@ -47,6 +47,7 @@ from kdbench.scenes.readers import SPLITS, Frame, read_split
 CACHE_DIRNAME = ".kdbench-cache"
 CACHE_VERSION = 2
 DEFAULT_LOAD_SIZE = 256
+MIN_LOAD_SIZE = 8  # smaller images leave a ResNet nothing to pool
 SAMPLE_BLOCKS = 16  # blocks of images.npy hashed at every reuse
 SAMPLE_BYTES = 1 << 16
 # Modes whose convert("RGB") keeps the picture; 16/32-bit integer and float images turn white or black.
@@ -305,8 +306,8 @@ def load_split_cache(spec: SceneSpec | str, root: str | os.PathLike | None = Non
     spec = get_scene(spec)
     if split not in SPLITS:
         raise KdbenchError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
-    if load_size < 8:
-        raise KdbenchError(f"load size {load_size} is too small: use at least 8 pixels")
+    if load_size < MIN_LOAD_SIZE:
+        raise KdbenchError(f"load size {load_size} is too small: use at least {MIN_LOAD_SIZE} pixels")
     root_dir = Path(scene_root) if scene_root else scene_dir(spec, root)
     frames, poses, sources = _inputs(root_dir, spec, split)
     path = cache_path(root_dir, split, load_size)
