@@ -22,7 +22,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")  # what a job trains in; "auto" is resolve
 # store) but never hashed: they name or describe a job without changing what it computes.
 # A method hyperparameter added later (HParam(..., added_later=True)) is registered the same way, per method,
 # when its method is registered.
-LEGACY_DEFAULTS: dict[str, Any] = {"eval_split": "test", "teacher_seed": None}
+LEGACY_DEFAULTS: dict[str, Any] = {"eval_split": "test", "teacher_seed": None, "val_rule": None}
 LEGACY_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {}
 LABEL_FIELDS: tuple[str, ...] = ("preset", "method_label", "threads")
 EVAL_SPLITS = ("test", "val")  # test: train on train, score on test; val: train on train minus val, score on val
@@ -117,6 +117,9 @@ class TrainConfig:
     # Added after v0.2 (see LEGACY_DEFAULTS): what the job is scored on; "val" trains on the training split
     # minus its validation part and scores on that part (tuning), never on test frames.
     eval_split: str = "test"
+    # The validation rule of a val-scored job (kdbench/scenes/validation.py; None with eval_split "test"):
+    # set to the default rule when eval_split is "val", so the rule is part of those jobs' identity only.
+    val_rule: str | None = None
     # Seed of the teacher a student learns from, where it differs from the student's own seed (a crossed
     # teacher-seeds x student-seeds design); None: the same seed (every v0.2 job).
     teacher_seed: int | None = None
@@ -152,6 +155,12 @@ class TrainConfig:
             raise KdbenchError(f"seed must be >= 0, got {self.seed}: seeds are non-negative integers")
         if self.eval_split not in EVAL_SPLITS:
             raise KdbenchError(f"eval_split must be one of {', '.join(EVAL_SPLITS)}, got {self.eval_split!r}")
+        if self.eval_split == "val":
+            from kdbench.scenes.validation import parse_rule
+
+            object.__setattr__(self, "val_rule", parse_rule(self.val_rule).key)  # canonical text
+        else:  # a test-scored job has no validation part (so `val_cfg.replace(eval_split="test")` is its test job)
+            object.__setattr__(self, "val_rule", None)
         if self.teacher_seed is not None and self.teacher_seed < 0:
             raise KdbenchError(f"teacher_seed must be >= 0, got {self.teacher_seed}")
 

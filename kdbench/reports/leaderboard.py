@@ -69,17 +69,22 @@ def _scene_rank(scene: str) -> int:
 
 
 def load_results(runs_dir: str | os.PathLike, scenes: str | None = None, preset: str | None = None,
-                 job_ids: Iterable[str] | None = None) -> pd.DataFrame:
+                 job_ids: Iterable[str] | None = None, eval_split: str = "test") -> pd.DataFrame:
     """One row per job in the store (every status), with its metrics as columns (NaN where absent).
 
     Results of different presets are never mixed: jobs of presets other than `preset` (default: the preset
     of the most recently finished job) are kept out of the tables and counted in the footnote.
     `job_ids` keeps only those jobs (`kdbench run` shows the jobs it was asked to run, nothing else).
+    Only jobs scored on `eval_split` are loaded: validation-scored (tuning) jobs never enter a test leaderboard.
     """
     with open_store(runs_dir) as store:
+        have = {r[1] for r in store.conn.execute("PRAGMA table_info(jobs)")}
+        split = "COALESCE(eval_split, 'test')" if "eval_split" in have else "'test'"  # older stores: all test
         jobs = pd.read_sql_query("SELECT id, kind, scene, method, arch, teacher_arch, seed, preset, status, "
-                                 "error, run_dir, train_seconds, updated FROM jobs ORDER BY created", store.conn)
+                                 f"error, run_dir, train_seconds, updated, {split} AS eval_split FROM jobs "
+                                 "ORDER BY created", store.conn)
         metrics = pd.read_sql_query("SELECT job_id, name, value FROM metrics", store.conn)
+    jobs = jobs[jobs["eval_split"] == eval_split]
     if job_ids is not None:
         jobs = jobs[jobs["id"].isin(set(job_ids))]
     return select_preset(results_frame(jobs, metrics, scenes), preset)

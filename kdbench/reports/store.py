@@ -62,7 +62,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     ckpt_bytes INTEGER,               -- size and SHA-256 of the checkpoint when it finished: checked on reuse
     ckpt_sha256 TEXT,
     last_error TEXT,                  -- the latest failed rerun of a finished job (its result is kept)
-    superseded_by TEXT                -- the job whose newer result replaced this one
+    superseded_by TEXT,               -- the job whose newer result replaced this one
+    eval_split TEXT DEFAULT 'test'    -- what the job was scored on: 'test', or 'val' (tuning; never on a leaderboard)
 );
 CREATE TABLE IF NOT EXISTS metrics (
     job_id TEXT NOT NULL REFERENCES jobs(id),
@@ -81,7 +82,7 @@ CREATE TABLE IF NOT EXISTS profiles (
 """
 # Columns added after schema version 1: an older store gains them when a writer opens it.
 _ADDED_JOB_COLUMNS = {"data": "TEXT", "ckpt_bytes": "INTEGER", "ckpt_sha256": "TEXT", "last_error": "TEXT",
-                      "superseded_by": "TEXT"}
+                      "superseded_by": "TEXT", "eval_split": "TEXT DEFAULT 'test'"}
 
 JOB_COLUMNS = ("id", "kind", "scene", "method", "arch", "teacher_arch", "teacher_id", "seed", "preset", "params",
                "config", "status", "error", "run_dir", "checkpoint", "epochs_done", "train_seconds",
@@ -90,7 +91,8 @@ PROFILE_COLUMNS = ("arch", "backend", "device", "batch", "crop", "params", "size
                    "latency_median_ms", "latency_p90_ms", "runs", "estimated", "note", "source", "created")
 # Jobs that give the same leaderboard cell (method, scene, seed, preset, hyperparameters): a newer finished
 # one supersedes an older one (new data, epochs, teacher...).
-_SAME_CELL = ("kind", "scene", "method", "arch", "teacher_arch", "seed", "preset", "params")
+# A val-scored job never supersedes a test-scored one, nor the reverse.
+_SAME_CELL = ("kind", "scene", "method", "arch", "teacher_arch", "seed", "preset", "params", "eval_split")
 
 
 def damaged_store_error(path: Path, detail: str) -> KdbenchError:
@@ -329,6 +331,8 @@ class ResultsStore:
         job = dict(job)
         now = time.time()
         job["updated"] = now
+        if isinstance(job.get("config"), dict):  # every writer's row says what it was scored on
+            job.setdefault("eval_split", job["config"].get("eval_split") or "test")
         for key in ("params", "config"):
             if key in job and not isinstance(job[key], str):
                 job[key] = json.dumps(job[key], sort_keys=True, default=str)

@@ -53,7 +53,7 @@ def choose_data_path(ds: PoseDataset, device: torch.device, requested: str = "au
         return "host"  # on CPU a resident copy gains nothing over the memory-mapped cache
     share = device_data_share() if share is None else share
     total = torch.cuda.get_device_properties(device).total_memory
-    return "device" if ds.cache.images.nbytes <= share * total else "host"
+    return "device" if ds.nbytes <= share * total else "host"
 
 
 def make_batches(ds: PoseDataset, device: torch.device, requested: str = "auto",
@@ -74,11 +74,17 @@ class DeviceBatches:
 
     def __init__(self, ds: PoseDataset, device: torch.device):
         self.ds, self.device = ds, device
+        # A subset (validation parts) uploads its own rows only; plans name cache rows, mapped here to positions.
+        self.position = None
+        if ds.subset:
+            self.position = np.full(len(ds.cache), -1, dtype=np.int64)
+            self.position[ds.rows] = np.arange(len(ds.rows))
+        source = ds.cache.images[ds.rows] if ds.subset else ds.cache.images
         with warnings.catch_warnings():  # the cache is a read-only memmap; the tensor made here is a copy
             warnings.simplefilter("ignore", UserWarning)
-            images = torch.from_numpy(np.ascontiguousarray(ds.cache.images))
-        self.images = images.to(device) if device.type != "cpu" else images.clone()
-        self.poses = torch.from_numpy(ds.cache.poses.astype(np.float32)).to(device)
+            images = torch.from_numpy(np.ascontiguousarray(source))
+        self.images = images.to(device) if device.type != "cpu" or ds.subset else images.clone()
+        self.poses = torch.from_numpy(ds.true_poses.astype(np.float32)).to(device)
         self.mean = (torch.from_numpy(np.ascontiguousarray(ds.cache.mean)).to(device)
                      if ds.normalize == "mean" else None)
         self.span = torch.arange(ds.crop, device=device)
@@ -93,7 +99,8 @@ class DeviceBatches:
 
     def batch(self, plan: BatchPlan) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised images (b, 3, c, c) and poses (b, 7), on the device."""
-        idx = torch.as_tensor(plan.indices, device=self.device)  # one host-to-device copy per step
+        rows = plan.indices if self.position is None else self.position[plan.indices]
+        idx = torch.as_tensor(rows, device=self.device)  # one host-to-device copy per step
         crops = self._cut(self.images, plan, idx)
         mean = self._cut(self.mean, plan, None) if self.mean is not None else None
         x = normalize_batch(crops, self.ds.normalize, mean)

@@ -264,14 +264,15 @@ def cmd_runs(args: argparse.Namespace) -> int:
     try:
         rows = store.jobs(args.status)
         table = Table(title=f"jobs in {store.path}" + (f" ({args.status})" if args.status else ""))
-        for col in ("id", "kind", "from", "scene", "method", "arch", "seed", "status", "median t/r", "error"):
+        for col in ("id", "kind", "from", "scene", "method", "arch", "seed", "split", "status", "median t/r",
+                    "error"):
             table.add_column(col)
         for r in rows:
             m = store.metrics(r["id"])
             tr = f"{m['median_t']:.3g} m / {m['median_r']:.3g}°" if "median_t" in m else ""
             error = r["error"] or (f"a rerun failed: {r['last_error']}" if r.get("last_error") else "")
             table.add_row(r["id"], r["kind"], _origin(r), r["scene"], r["method"], r["arch"], str(r["seed"]),
-                          r["status"], tr, error[:80])
+                          r.get("eval_split") or "test", r["status"], tr, error[:80])
         out_console.print(table)
     finally:
         store.close()

@@ -1,4 +1,5 @@
-"""Evaluation on the test split: the metrics of DATASETS.md and per-image predictions."""
+"""Evaluation on the scored split (test, or a job's validation part): the metrics of DATASETS.md and per-image
+predictions."""
 
 from __future__ import annotations
 
@@ -30,10 +31,10 @@ def predict(model: PoseNet, dataset: PoseDataset, device: torch.device, batch_si
 
 def evaluate(model: PoseNet, dataset: PoseDataset, device: torch.device | str = "cpu",
              batch_size: int = 64) -> tuple[dict[str, float], pd.DataFrame]:
-    """Metrics (medians, means, accuracy shares) and a per-image prediction table for the test split."""
+    """Metrics (medians, means, accuracy shares) and a per-image prediction table for the dataset's frames."""
     device = torch.device(device)
     pred = predict(model, dataset, device, batch_size)
-    return metrics_from_predictions(pred, dataset.cache.poses.astype(np.float64), dataset.cache.image_paths)
+    return metrics_from_predictions(pred, dataset.true_poses.astype(np.float64), dataset.image_paths)
 
 
 def metrics_from_predictions(pred: np.ndarray, gt: np.ndarray,

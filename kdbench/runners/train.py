@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from kdbench.config import TrainConfig, epoch_lr
@@ -23,8 +24,9 @@ from kdbench.runners.device import pick_device, seed_everything
 from kdbench.runners.evaluate import evaluate
 from kdbench.runners.history import EpochLosses, HistoryLog
 from kdbench.runners.precision import Precision
-from kdbench.scenes.cache import load_split_cache
-from kdbench.scenes.dataset import PoseDataset
+from kdbench.scenes.cache import SplitCache, load_split_cache
+from kdbench.scenes.dataset import PoseDataset, rows_mean
+from kdbench.scenes.validation import carve
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
@@ -124,8 +126,11 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None, out_dir: str | 
     seed_everything(cfg.seed)
 
     train_cache = load_split_cache(cfg.scene, data_root, "train", cfg.load_size, quiet)
-    train_ds = PoseDataset(train_cache, cfg.crop_size, train=True, normalize=cfg.normalize, seed=cfg.seed)
-    eval_train_ds = PoseDataset(train_cache, cfg.crop_size, train=False, normalize=cfg.normalize, seed=cfg.seed)
+    train_cache, train_rows, val_rows = _training_part(cfg, train_cache)
+    train_ds = PoseDataset(train_cache, cfg.crop_size, train=True, normalize=cfg.normalize, seed=cfg.seed,
+                           rows=train_rows)
+    eval_train_ds = PoseDataset(train_cache, cfg.crop_size, train=False, normalize=cfg.normalize, seed=cfg.seed,
+                                rows=train_rows)
     method = create_method(cfg.method, cfg.method_params)
     policy = CheckpointPolicy(checkpoint_every)
 
@@ -269,15 +274,33 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None, out_dir: str | 
         log.close()
 
     t0 = time.perf_counter()
-    test_cache = load_split_cache(cfg.scene, data_root, "test", cfg.load_size, quiet, train_mean=train_cache.mean)
-    test_ds = PoseDataset(test_cache, cfg.crop_size, train=False, normalize=cfg.normalize, seed=cfg.seed)
-    metrics, predictions = evaluate(student, test_ds, dev)
+    if val_rows is not None:  # scored on the validation part of the train cache; the test split is never read
+        eval_ds = PoseDataset(train_cache, cfg.crop_size, train=False, normalize=cfg.normalize, seed=cfg.seed,
+                              rows=val_rows)
+    else:
+        test_cache = load_split_cache(cfg.scene, data_root, "test", cfg.load_size, quiet, train_mean=train_cache.mean)
+        eval_ds = PoseDataset(test_cache, cfg.crop_size, train=False, normalize=cfg.normalize, seed=cfg.seed)
+    metrics, predictions = evaluate(student, eval_ds, dev)
     eval_seconds = time.perf_counter() - t0
     write_text_atomic(out / PREDICTIONS, predictions.to_csv(index=False))
     write_json_atomic(out / METRICS, metrics)
     skipped = sum(int(h.get("skipped_steps", 0)) for h in history)
     return TrainResult(out, ckpt_path, metrics, cfg.epochs, train_seconds, eval_seconds, start_epoch, history,
                        skipped_steps=skipped)
+
+
+def _training_part(cfg: TrainConfig, cache: SplitCache) -> tuple[SplitCache, np.ndarray | None, np.ndarray | None]:
+    """The cache, training rows and scored rows of a job: all rows and None for test-scored jobs.
+
+    A val-scored job trains on the train split minus its validation part (and gap) and is scored on that part;
+    with 'mean' normalisation its mean image is that of the rows it trains on, so no validation frame leaks in.
+    """
+    if cfg.eval_split != "val":
+        return cache, None, None
+    split = carve(cache.image_paths, cfg.val_rule)
+    if cfg.normalize == "mean":
+        cache = replace(cache, mean=rows_mean(cache.images, split.train))
+    return cache, split.train, split.val
 
 
 def _check_not_all_skipped(cfg: TrainConfig, history: list[dict[str, float]]) -> None:

@@ -30,6 +30,31 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_splits(args: argparse.Namespace) -> int:
+    """Print each scene's train (minus validation) / validation / gap / test frames and what is held out."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from kdbench.scenes.validation import parse_rule, scene_splits
+
+    rule = parse_rule(args.rule)
+    specs = resolve_scenes(args.names)
+    on_disk = [s for s in specs if is_on_disk(s, args.data_root)]
+    if not on_disk:
+        raise KdbenchError(f"none of {', '.join(s.name for s in specs)} is on disk under {data_root(args.data_root)}:"
+                           " download or render a scene first (`kdbench scenes list`)")
+    table = Table(title=f"Splits ({rule.key}; validation carved from the training split only)")
+    for col in ("scene", "train", "val", "gap", "test", "held out", "gap frames"):
+        table.add_column(col, justify="right" if col in ("train", "val", "gap", "test") else "left")
+    for spec in on_disk:
+        s = scene_splits(spec, args.data_root, rule)
+        held = ("sequences " if s.mode == "sequences" else "") + ", ".join(s.held_out)
+        table.add_row(s.scene, *(str(s.counts[k]) for k in ("train", "val", "gap", "test")), held,
+                      "; ".join(s.gaps) or "-")
+    Console(width=160).print(table)
+    return 0
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     """Download, verify, unpack and prepare real scenes."""
     from kdbench.scenes.cache import prepare_scene

@@ -3,6 +3,9 @@
 A batch is decided by a `BatchPlan` (image indices and crop offsets), a function of (seed, epoch) only, and
 then cut from the uint8 cache and normalised. The runners' device-resident data path reuses the same plans
 and the same `normalize_batch`, so host and device batches are equal for the same (seed, epoch).
+
+`rows` makes a dataset of some frames of a split (the validation split's parts, kdbench/scenes/validation.py)
+without a second decode: plans hold cache rows, so both data paths cut from the one cache.
 """
 
 from __future__ import annotations
@@ -41,10 +44,19 @@ def normalize_batch(crops: torch.Tensor, normalize: str, mean_crops: torch.Tenso
     return (images - mean) / std
 
 
+def rows_mean(images: np.ndarray, rows: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """(H, W, 3) float32 mean image of some rows of a uint8 (N, H, W, 3) array, read a chunk at a time."""
+    total = np.zeros(images.shape[1:], dtype=np.float64)
+    for start in range(0, len(rows), chunk):
+        total += images[np.sort(rows[start:start + chunk])].sum(axis=0, dtype=np.float64)
+    return (total / max(len(rows), 1)).astype(np.float32)
+
+
 class PoseDataset(Dataset):
     """(image CHW float32, pose (7,) float32) pairs; never decodes PNG/JPEG (the cache did that once)."""
 
-    def __init__(self, cache: SplitCache, crop: int, train: bool, normalize: str = "imagenet", seed: int = 0):
+    def __init__(self, cache: SplitCache, crop: int, train: bool, normalize: str = "imagenet", seed: int = 0,
+                 rows: np.ndarray | None = None):
         h, w = cache.images.shape[1:3]
         if crop > min(h, w):
             raise KdbenchError(f"crop {crop} is larger than the cached images ({w}x{h}) of {cache.scene}: "
@@ -54,13 +66,38 @@ class PoseDataset(Dataset):
         self.cache, self.crop, self.train, self.normalize = cache, crop, train, normalize
         self.seed = seed
         self.rng = np.random.default_rng([seed, 0])
+        # Cache rows this dataset holds (None: all, in order); a subset needs no copy of the images.
+        self.subset = rows is not None
+        self.rows = np.arange(len(cache), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+        if self.subset and len(self.rows) and (self.rows.min() < 0 or self.rows.max() >= len(cache)):
+            raise KdbenchError(f"rows outside the {len(cache)} frames of the {cache.scene} {cache.split} cache")
+        if self.subset and not len(self.rows):
+            raise KdbenchError(f"an empty subset of the {cache.scene} {cache.split} split has nothing to train or "
+                               "score")
 
     def set_epoch(self, epoch: int) -> None:
         """Reseed the crop generator so that every epoch's crops are reproducible (resume gives the same)."""
         self.rng = np.random.default_rng([self.seed, epoch, 1])
 
     def __len__(self) -> int:
-        return len(self.cache)
+        return len(self.rows)
+
+    @property
+    def image_paths(self) -> list[str]:
+        """The dataset's frames (paths relative to the scene folder), in row order."""
+        paths = self.cache.image_paths
+        return [paths[i] for i in self.rows] if self.subset else list(paths)
+
+    @property
+    def true_poses(self) -> np.ndarray:
+        """The dataset's labels (N, 7), in row order."""
+        return self.cache.poses[self.rows] if self.subset else self.cache.poses
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the uint8 images this dataset holds."""
+        images = self.cache.images
+        return images.nbytes if not self.subset else len(self.rows) * (images.nbytes // max(len(images), 1))
 
     def _offsets(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         h, w = self.cache.images.shape[1:3]
@@ -78,6 +115,7 @@ class PoseDataset(Dataset):
         """Every batch of one epoch; the order and crops depend only on (seed, epoch)."""
         self.set_epoch(epoch)
         order = self.rng.permutation(len(self)) if shuffle else np.arange(len(self))
+        order = self.rows[order] if self.subset else order  # plans hold cache rows
         stop = len(order) - (len(order) % batch_size if drop_last and len(order) >= batch_size else 0)
         return [self.plan(order[start:start + batch_size]) for start in range(0, stop, batch_size)]
 
@@ -108,11 +146,11 @@ class PoseDataset(Dataset):
         return images.contiguous(), self.poses(plan)
 
     def get_batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch (b, 3, crop, crop) float32 and poses (b, 7), cropping from the memory-mapped array."""
+        """A batch (b, 3, crop, crop) float32 and poses (b, 7) of these cache rows, cut from the memmap."""
         return self.batch_from_plan(self.plan(indices))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, pose = self.get_batch(np.array([index]))
+        x, pose = self.get_batch(np.array([self.rows[index]]))
         return x[0], pose[0]
 
     def batches(self, batch_size: int, shuffle: bool, epoch: int = 0,
