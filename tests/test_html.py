@@ -89,13 +89,15 @@ def site(runs, tmp_path_factory) -> Path:
 
 
 def store_means(runs: Path) -> dict[tuple[str, str], tuple[float, float]]:
-    """(label, scene) -> mean over seeds of median_t and median_r, straight from the SQLite file."""
+    """(label, scene) -> geometric mean over seeds of median_t and median_r, straight from the SQLite file."""
     with sqlite3.connect(runs / "results.sqlite") as conn:
-        rows = conn.execute("SELECT j.scene, j.kind, j.arch, j.method, AVG(t.value), AVG(r.value) FROM jobs j "
-                            "JOIN metrics t ON t.job_id = j.id AND t.name = 'median_t' "
-                            "JOIN metrics r ON r.job_id = j.id AND r.name = 'median_r' "
-                            "WHERE j.status = 'done' GROUP BY j.scene, j.kind, j.arch, j.method").fetchall()
-    return {(_label(kind, arch, method), scene): (t, r) for scene, kind, arch, method, t, r in rows}
+        rows = pd.read_sql_query("SELECT j.scene, j.kind, j.arch, j.method, t.value AS t, r.value AS r FROM jobs j "
+                                 "JOIN metrics t ON t.job_id = j.id AND t.name = 'median_t' "
+                                 "JOIN metrics r ON r.job_id = j.id AND r.name = 'median_r' "
+                                 "WHERE j.status = 'done'", conn)
+    means = np.exp(rows.assign(t=np.log(rows["t"]), r=np.log(rows["r"])).groupby(
+        ["scene", "kind", "arch", "method"])[["t", "r"]].mean())
+    return {(_label(kind, arch, method), scene): (x.t, x.r) for (scene, kind, arch, method), x in means.iterrows()}
 
 
 def column(headers: list[str], prefix: str) -> int:
@@ -152,7 +154,9 @@ def test_empty_store_says_so(tmp_path):
                           "seed": 0, "config": "{}", "status": "failed", "error": "boom"})
     assert main(["report", "--runs-dir", str(runs), "--format", "html", "--out", str(tmp_path / "s")]) == 0
     text = (tmp_path / "s" / "index.html").read_text(encoding="utf-8")
-    assert "No finished runs to show." in text and "1 failed job is not shown" in text
+    # a failed run is a result: its row says so (it was left out, and the page said there was nothing)
+    assert "<td>failed</td>" in text and "1/1 (100%)" in text
+    assert "1 run that failed or diverged is counted as a failure" in text
 
 
 # in a browser ----------------------------------------------------------------------------------------------
@@ -198,9 +202,13 @@ def _table(page, table_id: str) -> tuple[list[str], list[list[str]]]:
 def test_browser_tables_match_the_store(page, runs):
     headers, rows = _table(page, "leaderboard-synthetic")
     means = store_means(runs)
-    assert {row[0] for row in rows} == {label for label, _ in means}
+    assert {row[0] for row in rows} == {label for label, _ in means} | {"resnet18 hint"}
+    hint = next(row for row in rows if row[0] == "resnet18 hint")  # its one run failed: shown, not left out
+    assert hint[column(headers, "SynthRoom t (m)")] == "failed" and hint[headers.index("failed")] == "1/1 (100%)"
     for row in rows:
         for scene in SCENES:
+            if row[0] == "resnet18 hint":
+                continue
             t, r = cell_means(headers, row, scene)
             want_t, want_r = means[(row[0], scene)]
             assert (t, r) == (round(want_t, 2), round(want_r, 2)), (row[0], scene)
@@ -218,11 +226,13 @@ def test_browser_sorts_on_header_click(page):
     page.click(f"#leaderboard-synthetic thead th:nth-child({col + 1})")
     _, asc = _table(page, "leaderboard-synthetic")
     values = [sort_key(r[col]) for r in asc]
+    assert values[-1] is None  # hint has no SynthStreet number: last either way
+    values = values[:-1]
     assert values == sorted(values) and sorted(map(tuple, asc)) == sorted(map(tuple, rows))
     assert page.get_attribute(f"#leaderboard-synthetic thead th:nth-child({col + 1})", "aria-sort") == "ascending"
     page.click(f"#leaderboard-synthetic thead th:nth-child({col + 1})")
     _, desc = _table(page, "leaderboard-synthetic")
-    assert [sort_key(r[col]) for r in desc] == sorted(values, reverse=True)
+    assert [sort_key(r[col]) for r in desc][:-1] == sorted(values, reverse=True)
     page.click("#leaderboard-synthetic thead th:nth-child(1)")  # text column: alphabetical
     _, by_name = _table(page, "leaderboard-synthetic")
     assert [r[0] for r in by_name] == sorted(r[0] for r in rows)
@@ -236,8 +246,10 @@ def test_browser_shows_significance(page, runs):
     shown = page.inner_text("#group-synthetic p.sig")
     assert shown == " ".join(sig.sentences["synthetic"]) and "Holm" in shown
     headers, rows = _table(page, "significance-synthetic")
-    assert [r[0] for r in rows] == ["resnet18 vanilla", "resnet18 sckd"]
-    assert all(r[headers.index("pairs")] == "6" for r in rows)  # 2 scenes x 3 seeds, matched with the baseline
+    pairs = {r[0]: (r[headers.index("pairs")], r[headers.index("failed")]) for r in rows}
+    # 2 scenes x 3 seeds, matched with the baseline; hint's failed run is a pair too
+    assert pairs == {"resnet18 vanilla": ("6", "0/6"), "resnet18 sckd": ("6", "0/6"),
+                     "resnet18 hint": ("1", "1/1 (100%)")}
 
 
 def test_browser_shows_plots_and_environment(page, runs):
@@ -253,7 +265,7 @@ def test_browser_shows_plots_and_environment(page, runs):
     assert [(e["torch"], e["device"], e["git commit"], e["jobs"]) for e in env] == [
         ("2.15.0+cpu", "Test CPU (cpu)", "1234abcd5678", "16"), ("2.15.0+cu128", "NVIDIA H100 (cuda)", "1234abcd5678",
                                                                  "8")]
-    assert "1 failed job is not shown" in page.inner_text("body")
+    assert "1 run that failed or diverged is counted as a failure" in page.inner_text("body")
 
 
 def test_browser_screenshot(page, tmp_path):

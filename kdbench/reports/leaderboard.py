@@ -14,10 +14,18 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from kdbench.errors import KdbenchError
-from kdbench.reports.rows import AVERAGE, GROUP_TITLES, ROW_KEY, row_labels, shown_jobs
+from kdbench.reports.rows import (
+    AVERAGE,
+    GROUP_TITLES,
+    ROW_KEY,
+    result_jobs,
+    row_labels,
+    shown_jobs,  # noqa: F401 (re-exported: export.py and tests import it here)
+)
 from kdbench.reports.store import ResultsStore
 
 if TYPE_CHECKING:
@@ -31,13 +39,16 @@ MARK = "†"  # a significant change (kdbench.reports.stats)
 CSV_TABLES = ("accuracy", "efficiency", "significance")
 
 CAPTION = ("Median test error, translation (m) and rotation (deg), of each run's last-epoch model on the test "
-           "split (no epoch is selected on test data): mean ± std over seeds and, in brackets, the 95% t confidence "
-           "interval of the mean; n = number of seeds (std and interval left out when n = 1). Δ: change of the "
-           "mean against the no-KD student (baseline) of the same architecture over the seeds both have, negative "
-           "is better. †: the change is significant at 0.05 (paired t-test on log error ratios over the matched "
-           "(scene, seed) pairs, Holm-corrected over the methods of the column). Bold: best student per column. "
-           "Average: mean over the scenes shown and over the seeds the baseline has on every one of them, only for "
-           "rows that have all of these.")
+           "split (no epoch is selected on test data): geometric mean over the finished seeds and, in brackets, its "
+           "95% t interval on the log scale (never below zero; left out when n = 1); n = finished seeds; failed: "
+           "runs of the row that failed or diverged (a result, never left out), of all its runs. Δ: geometric mean "
+           "change of the error against the no-KD student (baseline) of the same architecture over the matched "
+           "(scene, seed) pairs, negative is better; the average column's Δ is the scene-level estimate (per scene "
+           "the mean log ratio over seeds, averaged over scenes). †: a claim at 0.05, Holm-corrected over methods x "
+           "translation and rotation: in a scene's column a paired t-test over its seeds (exploratory), in the "
+           "average column the scene-level test over scenes (needs 3 or more scenes). Bold: best student per column. "
+           "Average: geometric mean over the scenes shown and over the seeds the baseline has on every one of them, "
+           "only for rows that have all of these.")
 EFFICIENCY_CAPTION = ("Sizes in MiB (2^20 bytes): params × 4 bytes (fp32), and the saved file (torch "
                       "state_dict, or the .onnx file). GFLOPs: torch FlopCounterMode at batch 1 and the "
                       "crop, a multiply-add counted as 2 FLOPs (convolutions and matrix products only); "
@@ -132,14 +143,15 @@ def load_profiles(runs_dir: str | os.PathLike) -> pd.DataFrame:
 
 # accuracy ------------------------------------------------------------------------------------------------
 def not_shown(df: pd.DataFrame) -> dict[str, int]:
-    """Counts of jobs left out of the tables: failed, unfinished (pending/running), superseded reruns."""
+    """Counts for the footnote: failed or diverged runs (shown as failures), unfinished (pending/running) jobs,
+    superseded reruns and jobs of other presets (not shown)."""
     other = ~df["in_preset"] if "in_preset" in df else pd.Series(False, index=df.index)
+    results = result_jobs(df)
     df = df[~other]
-    done = (df["status"] == "done") & df["median_t"].notna() & df["median_r"].notna()
-    return {"failed": int((df["status"] == "failed").sum()),
+    return {"failed": int(results["failed"].sum()),
             "unfinished": int(df["status"].isin(["pending", "running"]).sum()),
-            "without metrics": int(((df["status"] == "done") & ~done).sum()),
-            "superseded": int(done.sum() - len(shown_jobs(df)) + (df["status"] == "superseded").sum()),
+            "superseded": int(df["status"].isin(["done", "failed"]).sum() - len(results)
+                              + (df["status"] == "superseded").sum()),
             "of other presets": int(other.sum())}
 
 
@@ -158,36 +170,43 @@ def _row_order(acc: pd.DataFrame) -> pd.Series:
 
 
 EXTRA_METRICS = ("mean_t", "mean_r", "acc_0.25m_2deg", "acc_0.5m_5deg", "acc_5m_10deg")
-ACCURACY_COLUMNS = ROW_KEY + ["label", "n_seeds", "seeds", "t_mean", "t_std", "t_ci_lo", "t_ci_hi", "r_mean", "r_std",
-                              "r_ci_lo", "r_ci_hi", *EXTRA_METRICS, "n_pairs", "dt_pct", "dr_pct", "sig_t", "sig_r",
-                              "best_t", "best_r"]
+ACCURACY_COLUMNS = ROW_KEY + ["label", "n_seeds", "n_failed", "n_runs", "seeds", "t_mean", "t_std", "t_ci_lo",
+                              "t_ci_hi", "r_mean", "r_std", "r_ci_lo", "r_ci_hi", *EXTRA_METRICS, "n_pairs", "dt_pct",
+                              "dr_pct", "sig_t", "sig_r", "best_t", "best_r", "row_failed", "row_runs"]
 
 
 def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
     """Numbers of every leaderboard: one row per (group, scene or 'average', row), ordered for display.
 
-    Per cell: n seeds, mean, std and 95% t interval of the median errors, means over seeds of the other
-    metrics. Δ (dt_pct, dr_pct): change of the mean against the baseline student over the seeds both have
-    (n_pairs); sig_t / sig_r: that change is significant (stats.compare_to_baseline, Holm-corrected).
+    Per cell over the finished seeds (n_seeds): t_mean / r_mean, the geometric mean of the median errors, with
+    its 95% t interval on the log scale (t_ci_lo, t_ci_hi: never below zero) and t_std, the plain standard
+    deviation; means over seeds of the other metrics; n_failed of n_runs runs failed or diverged (row_failed of
+    row_runs over the group's scenes: the row's failure rate). Δ (dt_pct, dr_pct): the geometric-mean change
+    against the baseline student over matched pairs (stats.compare_to_baseline: per scene over its seeds, for
+    the average the scene-level estimator), sig_t / sig_r: that change is a claim (Holm-corrected).
     The average row of a group uses the seeds the baseline has on every scene (see `average_seeds`).
     """
     from kdbench.reports import stats
 
-    jobs = shown_jobs(df)
-    if jobs.empty:
+    results = result_jobs(df)
+    jobs = results[~results["failed"]]
+    if results.empty:
         return pd.DataFrame(columns=ACCURACY_COLUMNS)
     metrics = ["median_t", "median_r"] + [m for m in EXTRA_METRICS if m in jobs]
     values = jobs[ROW_KEY + ["seed"] + metrics]
     averages = _average_values(values)
     if not averages.empty:
         values = pd.concat([values, averages], ignore_index=True)
+    failures = results.loc[results["failed"], ROW_KEY + ["seed"]].assign(**{m: float("nan") for m in metrics})
+    cells = pd.concat([values.assign(_failed=False), failures.assign(_failed=True)], ignore_index=True)
     acc = pd.DataFrame([_summarise(key, rows) for key, rows in
-                        values.groupby(ROW_KEY, dropna=False, sort=False)])
+                        cells.groupby(ROW_KEY, dropna=False, sort=False)])
     for col in ACCURACY_COLUMNS:
         if col not in acc:
             acc[col] = float("nan")
-    acc = _add_change(acc, values)
-    acc = _add_marks(acc, stats.compare_to_baseline(df))
+    acc = _add_failure_rate(acc, results)
+    comparison = stats.headline(stats.compare_to_baseline(df))
+    acc = _add_change(acc, comparison)
     acc = _add_best(acc)
     acc["label"] = row_labels(acc)
     acc["_group"] = acc["group"].map(lambda g: list(GROUP_TITLES).index(g))
@@ -198,19 +217,30 @@ def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _summarise(key: tuple, rows: pd.DataFrame) -> dict[str, Any]:
-    from kdbench.reports.stats import mean_ci
+    from kdbench.reports.stats import geo_summary
+
     out: dict[str, Any] = dict(zip(ROW_KEY, key))
-    out["n_seeds"] = len(rows)
-    out["seeds"] = ",".join(str(s) for s in sorted(rows["seed"]))
+    ok = rows[~rows["_failed"]]
+    out["n_seeds"], out["n_failed"], out["n_runs"] = len(ok), int(rows["_failed"].sum()), len(rows)
+    out["seeds"] = ",".join(str(s) for s in sorted(ok["seed"]))
     for prefix, col in (("t", "median_t"), ("r", "median_r")):
-        x = rows[col].to_numpy(dtype=float)
-        out[f"{prefix}_mean"] = x.mean()
+        x = ok[col].to_numpy(dtype=float)
+        geo = geo_summary(x)
+        out[f"{prefix}_mean"], out[f"{prefix}_ci_lo"], out[f"{prefix}_ci_hi"] = geo["gmean"], geo["lo"], geo["hi"]
         out[f"{prefix}_std"] = x.std(ddof=1) if len(x) > 1 else float("nan")
-        out[f"{prefix}_ci_lo"], out[f"{prefix}_ci_hi"] = mean_ci(x)
     for col in EXTRA_METRICS:
-        if col in rows:
-            out[col] = rows[col].mean()
+        if col in ok:
+            out[col] = ok[col].mean()
     return out
+
+
+def _add_failure_rate(acc: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
+    """row_failed / row_runs: failed or diverged runs of the row over all scenes of its group."""
+    keys = [k for k in ROW_KEY if k != "scene"]
+    rate = results.groupby(keys, dropna=False).agg(row_failed=("failed", "sum"), row_runs=("failed", "size"))
+    acc = acc.drop(columns=["row_failed", "row_runs"]).merge(rate.reset_index(), how="left", on=keys)
+    acc[["row_failed", "row_runs"]] = acc[["row_failed", "row_runs"]].fillna(0).astype(int)
+    return acc
 
 
 def average_seeds(values: pd.DataFrame, group: str) -> set[int]:
@@ -230,9 +260,15 @@ def average_seeds(values: pd.DataFrame, group: str) -> set[int]:
     return set.intersection(*chosen) if chosen else set()
 
 
+def _geomean(x: pd.Series) -> float:
+    x = x.to_numpy(dtype=float)
+    return 0.0 if (x == 0).any() else float(np.exp(np.log(x).mean()))
+
+
 def _average_values(values: pd.DataFrame) -> pd.DataFrame:
-    """Per group, row and seed of `average_seeds`: the mean over the group's scenes (rows with every scene
-    and every one of those seeds only; an average over fewer would not compare with the other rows)."""
+    """Per group, row and seed of `average_seeds`: the geometric mean over the group's scenes of the median errors
+    (scenes differ in scale: a plain mean of metres would be the largest scene's), the plain mean of the other
+    metrics; rows with every scene and every one of those seeds only (an average over fewer would not compare)."""
     out = []
     keys = [k for k in ROW_KEY if k not in ("group", "scene")]
     for group, part in values.groupby("group"):
@@ -242,44 +278,36 @@ def _average_values(values: pd.DataFrame) -> pd.DataFrame:
         for key, rows in part.groupby(keys, dropna=False):
             if len(rows) < n_scenes * len(seeds):
                 continue
-            mean = rows.groupby("seed").mean(numeric_only=True).reset_index()
-            out.append(mean.assign(group=group, scene=AVERAGE, **dict(zip(keys, key))))
+            by_seed = rows.groupby("seed")
+            mean = by_seed.mean(numeric_only=True)
+            for col in ("median_t", "median_r"):
+                mean[col] = by_seed[col].agg(_geomean)
+            out.append(mean.reset_index().assign(group=group, scene=AVERAGE, **dict(zip(keys, key))))
     if not out:
         return pd.DataFrame(columns=values.columns)
     return pd.concat(out, ignore_index=True)[values.columns]
 
 
-def _add_change(acc: pd.DataFrame, values: pd.DataFrame) -> pd.DataFrame:
-    """Percent change of a student's mean against the baseline student of its arch and scene, both over the
-    seeds both have (a comparison over different seeds would mix seed luck into the change)."""
-    base = values[(values["role"] == "student") & (values["method"] == "baseline")]
-    base = base[["group", "scene", "arch", "seed", "median_t", "median_r"]]
-    pairs = values[(values["role"] == "student") & (values["method"] != "baseline")].merge(
-        base, on=["group", "scene", "arch", "seed"], suffixes=("", "_base"))
-    if pairs.empty:
-        return acc.assign(n_pairs=pd.array([pd.NA] * len(acc), dtype="Int64"), dt_pct=float("nan"),
-                          dr_pct=float("nan"))
-    change = pairs.groupby(ROW_KEY, dropna=False).agg(
-        n_pairs=("seed", "size"), t=("median_t", "mean"), tb=("median_t_base", "mean"), r=("median_r", "mean"),
-        rb=("median_r_base", "mean")).reset_index()
-    change["dt_pct"] = 100 * (change["t"] / change["tb"] - 1)
-    change["dr_pct"] = 100 * (change["r"] / change["rb"] - 1)
-    change = change[ROW_KEY + ["n_pairs", "dt_pct", "dr_pct"]]
-    acc = acc.drop(columns=["n_pairs", "dt_pct", "dr_pct"]).merge(change, how="left", on=ROW_KEY)
-    acc["n_pairs"] = acc["n_pairs"].astype("Int64")
-    return acc
-
-
-def _add_marks(acc: pd.DataFrame, comparison: pd.DataFrame) -> pd.DataFrame:
-    """sig_t / sig_r: the change is significant (paired test, Holm-corrected; see kdbench.reports.stats)."""
-    acc = acc.drop(columns=["sig_t", "sig_r"])
+def _add_change(acc: pd.DataFrame, comparison: pd.DataFrame) -> pd.DataFrame:
+    """Δ of every cell from the comparison it belongs to (one estimator: the geometric-mean ratio over matched
+    pairs, per scene over its seeds, for the average over scenes) and its mark (the comparison's claim)."""
+    acc = acc.drop(columns=["n_pairs", "dt_pct", "dr_pct", "sig_t", "sig_r"])
     key = ["group", "scene", "arch", "teacher_arch", "method"]
     if comparison.empty:
-        return acc.assign(sig_t=False, sig_r=False)
-    marks = comparison.pivot_table(index=key, columns="metric", values="significant", aggfunc="any")
-    marks = marks.reindex(columns=["t", "r"]).rename(columns={"t": "sig_t", "r": "sig_r"}).reset_index()
-    acc = acc.merge(marks, how="left", on=key)
-    acc[["sig_t", "sig_r"]] = acc[["sig_t", "sig_r"]].fillna(False).astype(bool)
+        return acc.assign(n_pairs=pd.array([pd.NA] * len(acc), dtype="Int64"), dt_pct=float("nan"),
+                          dr_pct=float("nan"), sig_t=False, sig_r=False)
+    c = comparison.assign(claim=comparison["direction"] != "")
+    wide = c.pivot_table(index=key, columns="metric", values=["change_pct", "claim"], aggfunc="first")
+    wide.columns = [f"{v}_{m}" for v, m in wide.columns]
+    wide = wide.reindex(columns=["change_pct_t", "change_pct_r", "claim_t", "claim_r"])
+    wide = wide.rename(columns={"change_pct_t": "dt_pct", "change_pct_r": "dr_pct", "claim_t": "sig_t",
+                                "claim_r": "sig_r"})
+    pairs = c[c["metric"] == "t"].set_index(key)["n_pairs"].rename("n_pairs")
+    wide = wide.join(pairs).reset_index()
+    acc = acc.merge(wide, how="left", on=key)
+    acc["n_pairs"] = acc["n_pairs"].astype("Int64")
+    acc[["sig_t", "sig_r"]] = acc[["sig_t", "sig_r"]].astype("boolean").fillna(False).astype(bool)
+    acc[["dt_pct", "dr_pct"]] = acc[["dt_pct", "dr_pct"]].astype(float)
     return acc
 
 
@@ -311,7 +339,7 @@ def efficiency_table(profiles: pd.DataFrame) -> pd.DataFrame:
 
 # formatting ---------------------------------------------------------------------------------------------
 def _num(value: float, best: bool, style: str) -> str:
-    text = f"{value:.2f}"
+    text = f"{value:.2f}" if np.isfinite(value) else str(value)
     if best and style == "markdown":
         return f"**{text}**"
     if best and style == "rich":
@@ -322,18 +350,22 @@ def _num(value: float, best: bool, style: str) -> str:
 
 
 def _metric_cell(r: pd.Series, prefix: str, style: str) -> str:
-    """'0.93 ± 0.05 [0.81, 1.05]'; the mean alone when n = 1; terminal styles put the interval on a line
-    of its own so that narrow columns do not break the numbers."""
+    """'0.93 [0.81, 1.05]' (geometric mean over seeds, 95% interval on the log scale); the value alone when n = 1;
+    'failed' when every run failed; terminal styles put the interval on a line of its own so that narrow columns
+    do not break the numbers."""
+    if r["n_seeds"] == 0:
+        return "failed"
     mean = _num(r[f"{prefix}_mean"], r[f"best_{prefix}"], style)
-    if pd.isna(r[f"{prefix}_std"]):
-        return mean
     lo, hi = r[f"{prefix}_ci_lo"], r[f"{prefix}_ci_hi"]
+    if pd.isna(lo):
+        return mean
     sep = "\n" if style in ("rich", "text") else " "
-    ci = f"{sep}[{lo:.2f}, {hi:.2f}]" if pd.notna(lo) else ""
-    return f"{mean} ± {r[f'{prefix}_std']:.2f}{ci}"
+    return f"{mean}{sep}[{lo:.2f}, {hi:.2f}]"
 
 
 def _pct(value: float, significant: bool = False) -> str:
+    if not np.isfinite(value):
+        return "–"
     text = "0%" if round(value) == 0 else f"{value:+.0f}%"
     return text + (MARK if significant else "")
 
@@ -341,9 +373,14 @@ def _pct(value: float, significant: bool = False) -> str:
 def _change(r: pd.Series) -> str:
     if r["role"] == "student" and r["method"] == "baseline":
         return "ref."
-    if pd.isna(r["dt_pct"]):
+    if pd.isna(r["dt_pct"]) and pd.isna(r["dr_pct"]):
         return "–"
     return f"{_pct(r['dt_pct'], r['sig_t'])} / {_pct(r['dr_pct'], r['sig_r'])}"
+
+
+def failure_cell(failed: int, runs: int) -> str:
+    """A row's failure rate: '0/6', '2/6 (33%)'."""
+    return f"{failed}/{runs}" + (f" ({failed / runs:.0%})" if failed else "")
 
 
 def table_scenes(acc: pd.DataFrame, group: str) -> list[str]:
@@ -374,6 +411,8 @@ def display_table(acc: pd.DataFrame, group: str, style: str = "plain",
         table[f"{name} Δ t / r".strip()] = [_change(cells.loc[lb]) if lb in cells.index else "–" for lb in labels]
         seeds[name] = [str(cells.loc[lb, "n_seeds"]) if lb in cells.index else "–" for lb in labels]
     table["n"] = [row.iloc[0] if row.nunique() == 1 else " / ".join(row) for _, row in seeds.iterrows()]
+    rates = part.drop_duplicates("label").set_index("label")
+    table["failed"] = [failure_cell(rates.loc[lb, "row_failed"], rates.loc[lb, "row_runs"]) for lb in labels]
     return table
 
 
@@ -382,28 +421,43 @@ def _p(p: float) -> str:
 
 
 def significance_display(comparison: pd.DataFrame, group: str) -> pd.DataFrame:
-    """The group's pooled tests against the student alone as strings (the single scene's when there is one)."""
+    """The group's tests against the student alone as strings: the scene-level test across scenes and the pooled
+    test on these scenes (the single scene's test when there is one), with the failure rate."""
     part = comparison[comparison["group"] == group]
-    if (part["scene"] == AVERAGE).any():
-        part = part[part["scene"] == AVERAGE]
+    levels = [("scenes", "across scenes"), ("pooled", "on these scenes")]
+    if not (part["scene"] == AVERAGE).any():
+        levels = [("seeds", "on this scene")]
     rows = []
     for (_arch, label), r in part.groupby(["arch", "label"], sort=False):
-        out = {"method": label, "pairs": str(int(r["n_pairs"].max()))}
-        for x in r.itertuples():
-            name = "t" if x.metric == "t" else "r"
-            if pd.isna(x.change_pct):
-                out[f"Δ {name} (95% CI)"], out[f"p {name} (Holm)"] = "–", "–"
-                continue
-            ci = f" [{_pct(x.ci_lo_pct)}, {_pct(x.ci_hi_pct)}]" if pd.notna(x.ci_lo_pct) else ""
-            out[f"Δ {name} (95% CI)"] = f"{_pct(x.change_pct, x.significant)}{ci}"
-            out[f"p {name} (Holm)"] = "not tested" if pd.isna(x.p) else f"{_p(x.p)} ({_p(x.p_holm)})"
+        out: dict[str, str] = {"method": label}
+        for level, words in levels:
+            lv = r[r["level"] == level]
+            for x in lv.itertuples():
+                name = "t" if x.metric == "t" else "r"
+                col = f"Δ {name} {words} (95% CI)"
+                if pd.isna(x.change_pct):
+                    out[col], out[f"p {name} {words} (Holm)"] = "–", "–"
+                    continue
+                ci = f" [{_pct(x.ci_lo_pct)}, {_pct(x.ci_hi_pct)}]" if pd.notna(x.ci_lo_pct) else ""
+                out[col] = f"{_pct(x.change_pct, x.direction != '')}{ci}"
+                test = "" if x.test in ("t", "") else f" {x.test}"
+                out[f"p {name} {words} (Holm)"] = (f"not tested ({x.reason})" if pd.isna(x.p)
+                                                  else f"{_p(x.p)} ({_p(x.p_holm)}){test}")
+        first = r[r["level"] == levels[-1][0]]
+        if not first.empty:
+            out["pairs"] = str(int(first["n_pairs"].max()))
+            out["failed"] = failure_cell(int(first["n_failed"].max()), int(first["n_pairs"].max()))
         rows.append(out)
     return pd.DataFrame(rows)
 
 
-SIGNIFICANCE_CAPTION = ("Against the student alone: geometric mean change of the error over the matched (scene, "
-                        "seed) pairs with its 95% t interval, the paired t-test's p on log error ratios and, in "
-                        "brackets, Holm's adjusted p; † marks adjusted p < 0.05.")
+SIGNIFICANCE_CAPTION = ("Against the student alone: geometric mean change of the error with its 95% t interval, the "
+                        "test's p and, in brackets, Holm's adjusted p (one family: methods x translation and "
+                        "rotation, tested rows only). Across scenes: per scene the mean log error ratio over seeds, "
+                        "then a t-test over scenes, the claim about scenes like these (needs 3 or more scenes). On "
+                        "these scenes: the paired t-test over every (scene, seed) pair, a result about these scenes "
+                        "only. 'sign': no spread, so the exact sign test. † marks a claim: adjusted p < 0.05 and, "
+                        "for 'better', no failed run. failed: runs of the row that failed or diverged, of its pairs.")
 
 
 def efficiency_display(eff: pd.DataFrame) -> pd.DataFrame:
@@ -424,18 +478,19 @@ def efficiency_display(eff: pd.DataFrame) -> pd.DataFrame:
 
 
 def footnote(counts: dict[str, int]) -> str:
-    """'2 failed and 1 unfinished jobs are not shown; see `kdbench runs --status failed`.' or ''."""
-    separate = ("superseded", "of other presets")
-    parts = [f"{n} {what}" for what, n in counts.items() if n and what not in separate]
+    """What the tables count but do not show as numbers (failures), and what they leave out; '' when nothing."""
     lines = []
     if counts.get("of other presets"):
         lines.append(f"{counts['of other presets']} job(s) of other presets are not shown: presets are never "
                      "mixed in one table; choose one with `kdbench report --preset NAME`.")
-    if parts:
-        total = sum(n for what, n in counts.items() if what not in separate)
-        noun = "job is" if total == 1 else "jobs are"
-        see = "`kdbench runs --status failed`" if counts.get("failed") else "`kdbench runs`"
-        lines.append(f"{' and '.join(parts)} {noun} not shown; see {see}.")
+    if counts.get("failed"):
+        n = counts["failed"]
+        lines.append(f"{n} run{' that' if n == 1 else 's that'} failed or diverged {'is' if n == 1 else 'are'} "
+                     f"counted as {'a failure' if n == 1 else 'failures'} (column failed), never left out; see "
+                     f"`kdbench runs --status failed`.")
+    if counts.get("unfinished"):
+        n = counts["unfinished"]
+        lines.append(f"{n} unfinished {'job is' if n == 1 else 'jobs are'} not shown; see `kdbench runs`.")
     if counts.get("superseded"):
         lines.append(f"{counts['superseded']} earlier run(s) of a method and seed that ran again are not "
                      f"counted: the latest run counts.")
@@ -557,15 +612,17 @@ def render_csv(acc: pd.DataFrame, eff: pd.DataFrame, table: str = "accuracy", si
 
 
 def render_json(acc: pd.DataFrame, eff: pd.DataFrame, counts: dict[str, int], sig: Significance | None = None) -> str:
-    """{caption, accuracy, efficiency, significance, friedman, summary, not_shown, footnote} (NaN as null)."""
+    """{caption, accuracy, efficiency, significance, friedman, posthoc, summary, not_shown, footnote} (NaN as null;
+    infinite values as null too: JSON has no infinity)."""
     def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
         return json.loads(frame.to_json(orient="records", double_precision=15))
 
     doc = {"caption": CAPTION, "efficiency_caption": EFFICIENCY_CAPTION, "accuracy": records(acc),
            "efficiency": records(eff), "not_shown": counts, "footnote": footnote(counts)}
     if sig is not None:
+        posthoc = sig.posthoc if sig.posthoc is not None else pd.DataFrame()
         doc.update(significance_caption=SIGNIFICANCE_CAPTION, significance=records(sig.comparison),
-                   friedman=records(sig.ranks), summary=sig.sentences)
+                   friedman=records(sig.ranks), posthoc=records(posthoc), summary=sig.sentences)
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
 

@@ -148,32 +148,37 @@ def cdf_figure(errors: pd.DataFrame, scene: str):
 
 
 def cd_diagram(df: pd.DataFrame, group: str, arch: str, metric: str, path: Path) -> Path | None:
-    """Critical-difference diagram of the students of one group and architecture: mean rank over the
-    complete (scene, seed) blocks, bars joining rows the Nemenyi post-hoc test (scikit-posthocs) cannot tell
-    apart at 0.05; None when there are fewer than 3 rows or 2 blocks."""
+    """Critical-difference diagram of the students of one group and architecture: mean rank over the scenes
+    (blocks, `stats.block_matrix`), bars joining rows that the pairwise Wilcoxon signed-rank tests, Holm-corrected
+    (`stats.pairwise_wilcoxon`), cannot tell apart at 0.05; None when there are fewer than 3 rows or 2 scenes."""
     sp = _posthocs()
-    from scipy.stats import friedmanchisquare, studentized_range
-
     wide, left_out = stats.block_matrix(df, group, arch, metric)
     k, n = wide.shape[1], len(wide)
     if k < 3 or n < 2:
         return None
     ranks = wide.rank(axis=1, method="average").mean()
-    nemenyi = sp.posthoc_nemenyi_friedman(wide.to_numpy())
-    nemenyi.index = nemenyi.columns = list(wide.columns)
-    # Demsar (2006): CD = q_alpha / sqrt(2) * sqrt(k (k + 1) / (6 N)), q from the studentized range.
-    cd = studentized_range.ppf(1 - stats.ALPHA, k, np.inf) / np.sqrt(2) * np.sqrt(k * (k + 1) / (6 * n))
-    fried = friedmanchisquare(*[wide[c].to_numpy() for c in wide.columns])
+    posthoc = stats.pairwise_wilcoxon(wide)
+    matrix = pd.DataFrame(1.0, index=list(wide.columns), columns=list(wide.columns))
+    for x in posthoc.itertuples():
+        matrix.loc[x.a, x.b] = matrix.loc[x.b, x.a] = x.p_holm
+    fried = stats.friedman_test(wide)
     fig = _figure(figsize=(8, 1.6 + 0.28 * k), layout="constrained")
     ax = fig.subplots()
-    sp.critical_difference_diagram(ranks, nemenyi, ax=ax, alpha=stats.ALPHA)  # CD in the title: a bar would hide ticks
+    sp.critical_difference_diagram(ranks, matrix, ax=ax, alpha=stats.ALPHA)
     what = stats.METRICS[metric][1]
-    verdict = "" if fried.pvalue < stats.ALPHA else " (not significant: no pair can be told apart)"
+    if fried["all_tied"]:
+        result = "every row ties on every scene: Friedman's test has nothing to rank (no difference)"
+    else:
+        verdict = "significant" if fried["p"] < stats.ALPHA else "not significant"
+        result = (f"Friedman χ² = {fried['statistic']:.2f}, Iman-Davenport F = {fried['f_statistic']:.2f}, "
+                  f"permutation p = {fried['p']:.3g} ({verdict} at {stats.ALPHA})")
+    floor = ("" if stats.min_wilcoxon_p(n) < stats.ALPHA else
+             f"; with {n} scenes no pair can differ (smallest p {stats.min_wilcoxon_p(n):.3g})")
     title = (f"{GROUP_TITLES.get(group, group)}, {arch} students: mean rank of median {what} error (1 = best) "
-             f"over {n} (scene, seed) blocks\nFriedman χ² = {fried.statistic:.2f}, p = {fried.pvalue:.3g}{verdict}\n"
-             f"bars join rows the Nemenyi test cannot tell apart at {stats.ALPHA} (critical difference {cd:.2f})")
+             f"over {n} scenes (seeds averaged, failures last)\n{result}\n"
+             f"bars join rows pairwise Wilcoxon tests (Holm) cannot tell apart at {stats.ALPHA}{floor}")
     if left_out:
-        title += f"\nleft out (not run on enough blocks): {', '.join(left_out)}"
+        title += f"\nleft out (no result on every scene): {', '.join(left_out)}"
     ax.set_title(title, fontsize=8)
     fig.savefig(path, dpi=120)
     return path
@@ -258,8 +263,8 @@ def _group_cd_diagrams(df: pd.DataFrame, jobs: pd.DataFrame, group: str, out: Pa
             suffix = "" if students["arch"].nunique() == 1 else f"-{arch}"
             path = cd_diagram(df, group, arch, metric, out / f"cd-{group}{suffix}-{metric}.png")
             if path is None:
-                _warn(f"{group}: a critical-difference diagram needs 3 or more {arch} students that ran on 2 or "
-                      f"more common (scene, seed) pairs; none drawn")
+                _warn(f"{group}: a critical-difference diagram needs 3 or more {arch} students with results on "
+                      f"2 or more scenes; none drawn")
                 break
             written.append(path)
     return written

@@ -44,7 +44,7 @@ def shown_jobs(df: pd.DataFrame) -> pd.DataFrame:
 def row_labels(acc: pd.DataFrame) -> list[str]:
     """'teacher resnet34', 'resnet18 baseline (no KD)', 'resnet18 sckd' ('← resnet50' if teachers vary)."""
     kd = acc[(acc["role"] == "student") & (acc["method"] != "baseline")]
-    several = kd.groupby("group")["teacher_arch"].nunique()
+    several = kd[kd["teacher_arch"].fillna("") != ""].groupby("group")["teacher_arch"].nunique()
     labels = []
     for r in acc.itertuples():
         if r.role == "teacher":
