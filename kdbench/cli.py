@@ -73,6 +73,37 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
                         "SIGINT/SIGTERM; default 60)")
 
 
+def _add_preset_overrides(p: argparse.ArgumentParser, run: bool) -> None:
+    """Flags for the preset fields the command has no flag for yet (default: the preset's value)."""
+    from kdbench.config import HEAD_INITS, LR_SCHEDULES, NORMALIZATIONS, POSE_LOSS_FORMS  # torch-free
+
+    if run:
+        p.add_argument("--lr", type=float, default=None, help="Adam learning rate of teachers and students "
+                       "(default: the preset's, per role)")
+        for role in ("teacher", "student"):
+            p.add_argument(f"--{role}-epochs", type=int, default=None, help=f"{role}s' epochs (wins over --epochs)")
+            p.add_argument(f"--{role}-batch-size", type=int, default=None,
+                           help=f"{role}s' batch size (wins over --batch-size)")
+            p.add_argument(f"--{role}-lr", type=float, default=None, help=f"{role}s' learning rate (wins over --lr)")
+        p.add_argument("--beta", type=float, default=None, help="quaternion loss weight (default: the preset's "
+                       "or the scene's)")
+    else:
+        p.add_argument("--load-size", type=int, default=None,
+                       help="short side of the cached images (default: the preset's)")
+        p.add_argument("--crop", type=int, default=None, help="crop size fed to the networks (default: the preset's)")
+    p.add_argument("--weight-decay", type=float, default=None, help="Adam weight decay (default: the preset's)")
+    p.add_argument("--adam-eps", type=float, default=None, help="Adam's eps (default: the preset's)")
+    p.add_argument("--pose-loss", default=None, choices=POSE_LOSS_FORMS,
+                   help="sum: ||x - x'||^2 + beta ||q - q'||^2; mean: SCKD's nn.MSELoss form (default: the preset's)")
+    p.add_argument("--head-init", default=None, choices=HEAD_INITS,
+                   help="pose head initialisation: torchvision or sckd (default: the preset's)")
+    p.add_argument("--normalize", default=None, choices=NORMALIZATIONS,
+                   help="input: imagenet (mean/std), mean ((pixel - train mean image) / 255), sckd (pixel - train "
+                        "mean image, 0-255 scale) (default: the preset's)")
+    p.add_argument("--lr-schedule", default=None, choices=LR_SCHEDULES,
+                   help="constant or cosine (to 0 by the last epoch) (default: the preset's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The kdbench argument parser."""
     from kdbench import __version__
@@ -125,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the preset's)")
     p.add_argument("--beta", type=float, default=None, help="quaternion loss weight (default: the scene's)")
     p.add_argument("--learn-beta", action="store_true", help="Kendall 2017 learned loss weighting")
+    _add_preset_overrides(p, run=False)
     _add_weights(p)
     p.add_argument("--seed", type=int, default=0, help="seeds Python, NumPy and torch")
     p.add_argument("--runs-dir", default="runs", help="runs folder; the job is recorded in its results store")
@@ -173,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-size", type=int, default=None,
                    help="short side of the cached images (default: the preset's)")
     p.add_argument("--crop", type=int, default=None, help="crop size fed to the networks (default: the preset's)")
+    _add_preset_overrides(p, run=True)
     _add_weights(p)
     p.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="local: jobs one after another in this process; ray: Ray tasks (pip install kdbench[ray])")

@@ -14,6 +14,7 @@ LR_SCHEDULES = ("constant", "cosine")
 ROLES = ("teacher", "student")
 POSE_LOSS_FORMS = ("sum", "mean")  # sum: ||x - x'||^2 + beta ||q - q'||^2; mean: SCKD/poselstm's nn.MSELoss
 HEAD_INITS = ("torchvision", "sckd")  # sckd: head N(0, 0.01), xyz output N(0, 0.5) (poselstm's init)
+NORMALIZATIONS = ("imagenet", "mean", "sckd")  # see kdbench.scenes.dataset.normalize_batch
 PRECISIONS = ("fp32", "bf16", "fp16")  # what a job trains in; "auto" is resolved per device before hashing
 
 # Identity rules. A field added after v0.2 gets a default that reproduces what jobs did before it existed,
@@ -37,13 +38,18 @@ def epoch_lr(base_lr: float, schedule: str, epoch: int, epochs: int) -> float:
 
 @dataclass(frozen=True)
 class Preset:
-    """Defaults for a family of runs; every field can still be overridden per run."""
+    """Defaults for a family of runs; every field can still be overridden per run (CLI flags, --config keys).
+
+    Teachers and students have their own epochs, batch size and learning rate: make_config picks by role.
+    """
 
     name: str
     load_size: int  # short side of the cached images
     crop_size: int
-    batch_size: int
-    lr: float
+    teacher_batch_size: int
+    student_batch_size: int
+    teacher_lr: float
+    student_lr: float
     weight_decay: float
     teacher_epochs: int
     student_epochs: int
@@ -54,23 +60,46 @@ class Preset:
     pose_loss: str = "sum"  # "sum" | "mean" (see POSE_LOSS_FORMS)
     adam_eps: float = 1e-8
     head_init: str = "torchvision"  # "torchvision" | "sckd"
+    normalize: str = "imagenet"  # see NORMALIZATIONS
+    normalize_reason: str = ""  # why this preset normalises its input the way it does
 
+    def for_role(self, role: str) -> dict[str, Any]:
+        """The role's epochs, batch size and learning rate (teacher or student)."""
+        if role not in ROLES:
+            raise KdbenchError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        return {k: getattr(self, f"{role}_{k}") for k in ROLE_FIELDS}
+
+
+ROLE_FIELDS = ("epochs", "batch_size", "lr")  # a preset holds one per role; overrides `teacher_lr` etc. too
 
 PRESETS: dict[str, Preset] = {
-    # SCKD's code setting (inherited from poselstm-pytorch): load 256, crop 224, batch 32, 500 epochs,
-    # Adam(1e-3, eps=1, weight_decay=0.0625), nn.MSELoss pose loss (the element mean) with beta 500,
-    # ImageNet trunk, head N(0, 0.01) and xyz output N(0, 0.5). Unlike SCKD, the last epoch is scored.
-    "paper": Preset("paper", 256, 224, 32, 1e-3, 0.0625, 500, 500, "imagenet", 500.0, "constant",
-                    "SCKD's code setting: 256/224 px, batch 32, 500 epochs, Adam 1e-3 eps 1 weight decay "
-                    "0.0625, mean-form pose loss with beta 500, ImageNet trunk, SCKD head init",
-                    pose_loss="mean", adam_eps=1.0, head_init="sckd"),
+    # SCKD's code setting (inherited from poselstm-pytorch): load 256, crop 224, 500 epochs, Adam(eps=1,
+    # weight_decay=0.0625), nn.MSELoss pose loss (the element mean) with beta 500, ImageNet trunk, head
+    # N(0, 0.01) and xyz output N(0, 0.5). Teachers at SCKD's README command (lr 1e-3, batch 32); students
+    # at its KD_train.py defaults, which that command does not override (lr 5e-4 in
+    # options/KD_train_options.py, batchSize 75 in options/base_options.py). Unlike SCKD, the last epoch is
+    # scored.
+    "paper": Preset("paper", 256, 224, teacher_batch_size=32, student_batch_size=75, teacher_lr=1e-3,
+                    student_lr=5e-4, weight_decay=0.0625, teacher_epochs=500, student_epochs=500,
+                    weights="imagenet", beta=500.0, lr_schedule="constant",
+                    description="SCKD's code setting: 256/224 px, 500 epochs, teachers batch 32 lr 1e-3, students "
+                    "batch 75 lr 5e-4, Adam eps 1 weight decay 0.0625, mean-form pose loss with beta 500, "
+                    "ImageNet trunk, SCKD head init, SCKD's input (0-255 minus the train mean image)",
+                    pose_loss="mean", adam_eps=1.0, head_init="sckd", normalize="sckd",
+                    normalize_reason="SCKD's (poselstm's) input, to reproduce its optimisation: conv1 is followed by "
+                    "BatchNorm, which in training normalises the 0-255 scale away (the ImageNet features "
+                    "survive), while Adam with eps 1 and weight decay 0.0625 sees 50x larger conv1 inputs "
+                    "than with ImageNet normalisation (benchmarks/bench_normalize.py)"),
     # Offline on a 2-core laptop CPU: tiny images, from scratch; teachers get far more epochs than students
     # so that they are clearly better and KD has something to teach. Sized so that the default `kdbench run`
     # (5 methods x 2 synthetic scenes x 3 seeds) fits in about 10-15 minutes on 2 cores; at 40/32 px with 20
     # teacher epochs the SynthRoom teacher did not beat the student trained alone (0.51 m vs 0.46 m).
-    "quick": Preset("quick", 40, 32, 32, 1e-3, 0.0, 30, 8, "none", None, "cosine",
-                    "offline CPU smoke benchmark: 40/32 px, from scratch, teacher 30 / student 8 epochs, "
-                    "cosine learning-rate decay"),
+    "quick": Preset("quick", 40, 32, teacher_batch_size=32, student_batch_size=32, teacher_lr=1e-3,
+                    student_lr=1e-3, weight_decay=0.0, teacher_epochs=30, student_epochs=8, weights="none",
+                    beta=None, lr_schedule="cosine",
+                    description="offline CPU smoke benchmark: 40/32 px, from scratch, teacher 30 / student 8 "
+                    "epochs, cosine learning-rate decay",
+                    normalize_reason="ImageNet statistics, kdbench's default since v0.1 (job ids keep it)"),
 }
 
 
@@ -97,7 +126,7 @@ class TrainConfig:
     weights: str = "none"
     lr_schedule: str = "constant"  # "constant" | "cosine"
     learn_beta: bool = False  # Kendall 2017 learned weighting instead of fixed beta
-    normalize: str = "imagenet"  # "imagenet" | "mean" (the train split's mean image)
+    normalize: str = "imagenet"  # see NORMALIZATIONS
     seed: int = 0
     method: str = "baseline"
     method_params: dict[str, Any] = field(default_factory=dict)
@@ -137,10 +166,8 @@ class TrainConfig:
                                "or raise the load size")
         if self.lr_schedule not in LR_SCHEDULES:
             raise KdbenchError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
-        if self.normalize not in ("imagenet", "mean"):
-            raise KdbenchError(f"normalize must be 'imagenet' or 'mean', got {self.normalize!r}")
-        for name, valid in (("role", ROLES), ("pose_loss", POSE_LOSS_FORMS), ("head_init", HEAD_INITS),
-                            ("precision", PRECISIONS)):
+        for name, valid in (("normalize", NORMALIZATIONS), ("role", ROLES), ("pose_loss", POSE_LOSS_FORMS),
+                            ("head_init", HEAD_INITS), ("precision", PRECISIONS)):
             if getattr(self, name) not in valid:
                 raise KdbenchError(f"{name} must be one of {', '.join(valid)}, got {getattr(self, name)!r}")
         for name in ("lr", "adam_eps"):
@@ -196,18 +223,26 @@ class TrainConfig:
 
 
 def make_config(scene: str, arch: str, preset: str = "quick", role: str = "student", **overrides: Any) -> TrainConfig:
-    """A TrainConfig from a preset (teacher or student epochs) with per-run overrides; None means default."""
+    """A TrainConfig from a preset (the role's epochs, batch size, lr) with per-run overrides; None: default.
+
+    `teacher_lr`, `student_epochs`, ... (ROLE_FIELDS with a role prefix) override only that role's value and
+    win over the plain `lr`, `epochs`, ...
+    """
     from kdbench.scenes import get_scene
 
     p = get_preset(preset)
     spec = get_scene(scene)
     base = dict(
-        scene=spec.name, arch=arch,
-        epochs=p.teacher_epochs if role == "teacher" else p.student_epochs,
-        batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, load_size=p.load_size,
+        scene=spec.name, arch=arch, **p.for_role(role), weight_decay=p.weight_decay, load_size=p.load_size,
         crop_size=p.crop_size, beta=p.beta if p.beta is not None else spec.beta, weights=p.weights,
         lr_schedule=p.lr_schedule, preset=p.name, role=role, pose_loss=p.pose_loss, adam_eps=p.adam_eps,
-        head_init=p.head_init,
+        head_init=p.head_init, normalize=p.normalize,
     )
-    base.update({k: v for k, v in overrides.items() if v is not None})
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    for r in ROLES:
+        for k in ROLE_FIELDS:
+            value = overrides.pop(f"{r}_{k}", None)
+            if value is not None and r == role:
+                overrides[k] = value
+    base.update(overrides)
     return TrainConfig(**base)

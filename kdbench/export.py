@@ -151,8 +151,9 @@ def input_contract(cfg, batch: int) -> dict[str, Any]:
     if cfg.normalize == "imagenet":
         contract.update(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
                         formula="(pixel / 255 - mean) / std, per channel")
-    else:
-        contract.update(formula="(pixel - mean_image) / 255, mean_image = the train split's mean image "
+    else:  # mean: / 255; sckd: SCKD's 0-255 scale, no division
+        scale = " / 255" if cfg.normalize == "mean" else " (0-255 scale, no /255, no std)"
+        contract.update(formula=f"(pixel - mean_image){scale}, mean_image = the train split's mean image "
                                 f"(<scene>/.kdbench-cache/train-{cfg.load_size}/split_mean.npy), centre-cropped "
                                 "like the input")
     return contract

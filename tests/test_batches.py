@@ -12,7 +12,7 @@ from kdbench.scenes.dataset import PoseDataset
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.mark.parametrize("normalize", ["imagenet", "mean"])
+@pytest.mark.parametrize("normalize", ["imagenet", "mean", "sckd"])
 def test_device_and_host_batches_equal_the_datasets(tiny_data_root, normalize):
     cache = load_split_cache("SynthRoom", tiny_data_root, "train", 32)
     ds = PoseDataset(cache, 28, train=True, normalize=normalize, seed=3)

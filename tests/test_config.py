@@ -51,10 +51,14 @@ def test_sckd_head_init_draws_the_published_scales():
 
 def test_paper_preset_is_sckds_code_setting():
     p = get_preset("paper")
-    assert (p.load_size, p.crop_size, p.batch_size, p.student_epochs, p.lr) == (256, 224, 32, 500, 1e-3)
+    assert (p.load_size, p.crop_size, p.student_epochs) == (256, 224, 500)
     assert (p.adam_eps, p.weight_decay, p.pose_loss, p.beta, p.head_init) == (1.0, 0.0625, "mean", 500.0, "sckd")
     cfg = make_config("ShopFacade", "resnet18", "paper")
     assert (cfg.adam_eps, cfg.pose_loss, cfg.head_init, cfg.weights) == (1.0, "mean", "sckd", "imagenet")
+    # SCKD's teachers at its README command; its students at KD_train.py's defaults (the command sets neither)
+    teacher = make_config("ShopFacade", "resnet34", "paper", role="teacher")
+    assert (teacher.lr, teacher.batch_size, cfg.lr, cfg.batch_size) == (1e-3, 32, 5e-4, 75)
+    assert cfg.normalize == teacher.normalize == "sckd" and p.normalize_reason
 
 
 @pytest.mark.parametrize("change, match", [

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from kdbench.errors import KdbenchError
-from kdbench.scenes.dataset import BatchPlan, PoseDataset, normalize_batch
+from kdbench.scenes.dataset import MEAN_IMAGE_NORMALIZATIONS, BatchPlan, PoseDataset, normalize_batch
 
 DATA_PATHS = ("auto", "device", "host")
 # Share of the GPU's memory the uint8 split may take for the device-resident path; the rest is for the
@@ -86,7 +86,7 @@ class DeviceBatches:
         self.images = images.to(device) if device.type != "cpu" or ds.subset else images.clone()
         self.poses = torch.from_numpy(ds.true_poses.astype(np.float32)).to(device)
         self.mean = (torch.from_numpy(np.ascontiguousarray(ds.cache.mean)).to(device)
-                     if ds.normalize == "mean" else None)
+                     if ds.normalize in MEAN_IMAGE_NORMALIZATIONS else None)
         self.span = torch.arange(ds.crop, device=device)
 
     def _cut(self, source: torch.Tensor, plan: BatchPlan, idx: torch.Tensor | None) -> torch.Tensor:

@@ -6,10 +6,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from kdbench.config import ROLE_FIELDS, ROLES
 from kdbench.errors import KdbenchError
 
 out_console = Console(width=160)
@@ -74,7 +76,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       method_params=params, teacher_hash=teacher_hash, teacher_arch=teacher_arch,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta=args.beta,
                       learn_beta=args.learn_beta or None, weights=weights,
-                      precision=resolve_precision(args.precision, device), compile=args.compile or None)
+                      precision=resolve_precision(args.precision, device), compile=args.compile or None,
+                      load_size=args.load_size, crop_size=args.crop, **preset_overrides(args))
     out = Path(args.out) if args.out else Path(args.runs_dir) / "train" / cfg.scene / (
         f"{cfg.arch}-{cfg.method}-seed{cfg.seed}-{cfg.hash()}")
     from kdbench.runners.benchmark import frame_counts
@@ -182,6 +185,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def preset_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The preset fields `train` and `run` both take as flags (None: the preset's)."""
+    return {k: getattr(args, k) for k in ("weight_decay", "adam_eps", "pose_loss", "head_init", "normalize",
+                                          "lr_schedule")}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the benchmark, print the leaderboard and a summary of failures (non-zero exit if any)."""
     from kdbench.runners.benchmark import preflight_benchmark, run_benchmark
@@ -190,6 +199,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                    student_arch=args.student_arch, preset=args.preset, sets=args.sets, plugins=args.plugin,
                    executor=args.executor, data_root=args.data_root, epochs=args.epochs,
                    batch_size=args.batch_size, load_size=args.load_size, crop_size=args.crop, weights=args.weights,
+                   lr=args.lr, beta=args.beta, **preset_overrides(args),
+                   **{f"{r}_{k}": getattr(args, f"{r}_{k}") for r in ROLES for k in ROLE_FIELDS},
                    compile=args.compile or None, device=args.device, precision=args.precision,
                    jobs_per_gpu=args.jobs_per_gpu, checkpoint_every=args.checkpoint_every)
     # The checks of the real run, before its first job (a dry run fetches no weights): the plan shows the

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from kdbench.config import NORMALIZATIONS
 from kdbench.errors import KdbenchError
 from kdbench.scenes.cache import SplitCache
 
@@ -35,11 +36,20 @@ class BatchPlan:
     xs: np.ndarray
 
 
+MEAN_IMAGE_NORMALIZATIONS = ("mean", "sckd")  # the ones that subtract the train split's mean image
+
+
 def normalize_batch(crops: torch.Tensor, normalize: str, mean_crops: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 NHWC crops -> float32 NCHW normalised images, on whatever device `crops` lives."""
+    """uint8 NHWC crops -> float32 NCHW normalised images, on whatever device `crops` lives.
+
+    imagenet: (pixel / 255 - mean) / std per channel (what torchvision's ImageNet weights were trained on);
+    mean: (pixel - mean image) / 255; sckd: pixel - mean image in the 0-255 scale, no /255 and no std
+    (SCKD's and poselstm-pytorch's data/base_dataset.py). The mean image is the train split's, cut like the crop.
+    """
     images = crops.permute(0, 3, 1, 2).float()
-    if normalize == "mean":
-        return (images - mean_crops.permute(0, 3, 1, 2)) / 255.0
+    if normalize in MEAN_IMAGE_NORMALIZATIONS:
+        centred = images - mean_crops.permute(0, 3, 1, 2)
+        return centred / 255.0 if normalize == "mean" else centred
     mean, std = _IMAGENET_MEAN_T.to(images.device), _IMAGENET_STD_T.to(images.device)
     return (images - mean) / std
 
@@ -61,8 +71,8 @@ class PoseDataset(Dataset):
         if crop > min(h, w):
             raise KdbenchError(f"crop {crop} is larger than the cached images ({w}x{h}) of {cache.scene}: "
                                "lower the crop size or raise the load size")
-        if normalize not in ("imagenet", "mean"):
-            raise KdbenchError(f"normalize must be 'imagenet' or 'mean', got {normalize!r}")
+        if normalize not in NORMALIZATIONS:
+            raise KdbenchError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
         self.cache, self.crop, self.train, self.normalize = cache, crop, train, normalize
         self.seed = seed
         self.rng = np.random.default_rng([seed, 0])
@@ -129,7 +139,7 @@ class PoseDataset(Dataset):
 
     def mean_crops(self, plan: BatchPlan) -> np.ndarray | None:
         """The train mean image cut like the batch ('mean' normalisation), else None."""
-        if self.normalize != "mean":
+        if self.normalize not in MEAN_IMAGE_NORMALIZATIONS:
             return None
         c = self.crop
         return np.stack([self.cache.mean[y:y + c, x:x + c] for y, x in zip(plan.ys, plan.xs)])
