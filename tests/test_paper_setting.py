@@ -1,6 +1,7 @@
 """SCKD's setting: teacher and student settings per preset, SCKD's input normalisation, every preset field
 reachable from `kdbench run`, `kdbench run --config` and `kdbench train`."""
 
+import re
 from dataclasses import fields
 
 import numpy as np
@@ -113,3 +114,59 @@ def test_sckd_contract_says_there_is_no_division():
     contract = input_contract(tiny_config(normalize="sckd"), batch=1)
     assert contract["normalize"] == "sckd" and "no /255" in contract["formula"]
     assert "train-32/split_mean.npy" in contract["formula"]
+
+
+# ------------------------------------------------------------------------ no row trains another row's objective
+BASIC_BLOCK = {"resnet18", "resnet34"}  # same channels per stage: adaptor `auto` is the identity between them
+
+
+def _objective(name: str, params: dict, student: str = "resnet18", teacher: str = "resnet34") -> tuple:
+    """What a row optimises, with the known equivalences folded in (a weight of 0 drops its term)."""
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+
+    def adaptor(kind: str) -> str:
+        return "identity" if kind == "auto" and {student, teacher} <= BASIC_BLOCK else kind
+
+    if name == "sckd" and (params["alpha"] == 0 or not params["hint_layers"]):
+        params = {**params, "alpha": 0.0, "hint_layers": (), "adaptor": None}
+    if name == "sckd" and params["sigma"] == 0:  # SCKD's hint-only ablation is a hint objective
+        if params["alpha"] == 0:
+            return ("baseline",)
+        return ("hint", params["hint_layers"], params["alpha"], adaptor(params["adaptor"]))
+    if name == "hint":
+        if params["w"] == 0:
+            return ("baseline",)
+        return ("hint", params["layers"], params["w"], adaptor(params["adaptor"]))
+    if name == "vanilla" and params["alpha"] == 1:
+        return ("baseline",)
+    params = {k: adaptor(v) if k == "adaptor" else v for k, v in params.items()}
+    return (name, tuple(sorted(params.items())))
+
+
+def test_objective_helper_knows_the_old_hint_was_sckds_ablation():
+    from kdbench.methods.registry import resolved_params
+
+    old_hint = resolved_params("hint", {"layers": "layer4", "adaptor": "auto"})
+    ablation = resolved_params("sckd", {"sigma": "0"})
+    assert _objective("hint", old_hint) == _objective("sckd", ablation)
+    assert _objective("hint", old_hint) != _objective("hint", resolved_params("hint", {}))
+
+
+def test_no_two_rows_of_all_methods_and_ablations_are_one_objective():
+    from kdbench.methods.variants import resolve_methods
+    from kdbench.runners.plan import parse_methods
+
+    rows = resolve_methods(parse_methods("all,ablations"))
+    assert {"hint", "sckd:sigma=0"} <= {v.label for v in rows}
+    seen: dict[tuple, str] = {}
+    for v in rows:
+        key = _objective(v.name, v.params)
+        assert key not in seen, f"{v.label} trains the objective of {seen.get(key)}"
+        seen[key] = v.label
+
+
+def test_methods_lists_the_new_defaults(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    hint = out[out.index("\nhint  (teacher)"):].split("\n\n")[0]
+    assert re.search(r"layers +layers +layer2 ", hint) and re.search(r"adaptor +str +conv-bn ", hint)

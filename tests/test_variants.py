@@ -16,9 +16,9 @@ TINY_ARGS = ["--epochs", "1", "--batch-size", "4", "--load-size", "32", "--crop"
 
 def test_variant_forms_give_canonical_labels():
     got = parse_methods("baseline, sckd, sckd:sigma=0, sckd[alpha=0.0], sckd:sc_layers=layer2+5, "
-                        "sckd:sigma=100, sckd:alpha=0:sigma=5, sckd[sigma=5.0,alpha=0], hint:adaptor=conv-bn")
+                        "sckd:sigma=100, sckd:alpha=0:sigma=5, sckd[sigma=5.0,alpha=0], hint:adaptor=auto")
     assert got == ["baseline", "sckd", "sckd:sigma=0", "sckd:alpha=0", "sckd:sc_layers=layer2+layer4",
-                   "sckd:sigma=5:alpha=0", "hint:adaptor=conv-bn"]
+                   "sckd:sigma=5:alpha=0", "hint:adaptor=auto"]
     # bool and string values, keys in the method's declaration order
     assert parse_methods("sckd:zero_diagonal=0:divergence=mse") == ["sckd:divergence=mse:zero_diagonal=false"]
 

@@ -1,8 +1,14 @@
-"""hint: FitNet hint training, MSE between adapted student features and the teacher's.
+"""hint: FitNet hint training as RepDistiller runs it: MSE between a trained regressor's output and the teacher's.
 
-FitNets (Romero 2015) and RepDistiller's HintLoss: the element-mean MSE between r(f_s) and f_t. The
-adaptor r defaults to `auto` (identity when the shapes match, else 1x1 conv + ReLU, as SCKD's hint
-path); RepDistiller always trains a ConvReg (conv + BatchNorm + ReLU): adaptor=conv-bn.
+FitNets (Romero 2015) through RepDistiller (b84f547, train_student.py --distill hint): the student's middle
+stage (its default `--hint_layer 2`, here `layer2`) goes through a trained ConvReg (conv + BatchNorm + ReLU,
+models/util.py), and the element-mean MSE to the teacher's feature map is added to the task loss with weight
+100 (its scripts/run_cifar_distill.sh: `-b 100`), in one joint stage. adaptor=conv-bn is that ConvReg (its
+1x1 conv has no bias: the BatchNorm after it removes one). Equal spatial sizes need only RepDistiller's 1x1
+case, which is what resnet18 <- resnet34 gives at every stage.
+SCKD's hint-only ablation is another objective and stays where SCKD has it, `sckd:sigma=0` (layer4, the
+identity when channels agree: SCKD's Distill_Feature); before kdbench 0.3 `hint` defaulted to exactly that
+(layer4, adaptor auto), so `--methods all,ablations` trained one objective twice.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdbench.methods.adaptors import ADAPTOR_HPARAM, build_adaptors, hint_mse, require_setup
+from kdbench.methods.adaptors import ADAPTOR_HELP, ADAPTORS, build_adaptors, hint_mse, require_setup
 from kdbench.methods.base import GroundTruth, HParam, LayersMethod, LossContext
 from kdbench.methods.checks import check_count, check_nonnegative
 from kdbench.methods.registry import register_method
@@ -19,11 +25,13 @@ from kdbench.models import PoseOutput
 
 @register_method("hint")
 class Hint(LayersMethod):
-    description = "FitNet hints: L_gt + w sum MSE(r(f_s), f_t), r = adaptor (identity or trained 1x1 conv + ReLU)"
+    description = ("FitNet hints as RepDistiller: L_gt + w MSE(r(f_s), f_t) at layer2, r = trained ConvReg "
+                   "(conv + BN + ReLU)")
     hparams = {
-        "w": HParam(100.0, "float", "weight of the hint term"),
-        "layers": HParam(("layer4",), "layers", "hint layers (names or SCKD's numbers 1-6)"),
-        "adaptor": ADAPTOR_HPARAM,
+        "w": HParam(100.0, "float", "weight of the hint term (RepDistiller's -b 100)"),
+        "layers": HParam(("layer2",), "layers", "hint layers (names or SCKD's numbers 1-6); RepDistiller's "
+                         "hint_layer 2 = layer2"),
+        "adaptor": HParam("conv-bn", "str", ADAPTOR_HELP, choices=ADAPTORS),
     }
 
     def __init__(self, **params):
