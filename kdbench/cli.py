@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_preset_overrides(p, run=False)
     _add_weights(p)
     p.add_argument("--seed", type=int, default=0, help="seeds Python, NumPy and torch")
+    p.add_argument("--eval-split", default="test", choices=["test", "val"],
+                   help="val: train on the training split minus its validation part and score on that part "
+                        "(`kdbench scenes splits`); a KD student needs a teacher trained the same way")
     p.add_argument("--runs-dir", default="runs", help="runs folder; the job is recorded in its results store")
     p.add_argument("--out", default=None, help="run folder (default: RUNS_DIR/train/<scene>/<arch>-<method>-"
                    "seed<seed>-<hash>)")

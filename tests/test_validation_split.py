@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import one_line_error
 from PIL import Image
 
 from kdbench.cli import main
@@ -17,7 +18,7 @@ from kdbench.reports.store import ResultsStore
 from kdbench.runners import run_benchmark
 from kdbench.runners.batches import DeviceBatches, HostBatches
 from kdbench.scenes.cache import load_split_cache
-from kdbench.scenes.dataset import PoseDataset
+from kdbench.scenes.dataset import PoseDataset, rows_mean
 from kdbench.scenes.validation import carve, check_disjoint, natural_key, parse_rule, scene_splits
 
 TINY = dict(epochs=1, batch_size=4, load_size=32, crop_size=28)
@@ -144,6 +145,11 @@ def test_subset_batches_equal_on_both_data_paths(tiny_data_root, one_thread):
     split = carve(cache.image_paths)
     ds = PoseDataset(cache, 28, train=True, normalize="mean", seed=2, rows=split.train)
     assert len(ds) == 12 and set(ds.image_paths) == {cache.image_paths[r] for r in split.train}
+    # 'mean' normalisation of a val job uses the mean image of the rows it trains on, not of the whole split
+    np.testing.assert_allclose(rows_mean(cache.images, np.arange(len(cache)), chunk=5), cache.mean, atol=1e-4)
+    train_mean = rows_mean(cache.images, split.train)
+    np.testing.assert_allclose(train_mean, cache.images[split.train].mean(axis=0), atol=1e-4)
+    assert not np.allclose(train_mean, cache.mean)
     plans = ds.epoch_plans(4, shuffle=True, epoch=1, drop_last=True)
     assert {int(i) for p in plans for i in p.indices} == set(split.train.tolist())  # every training row, no other
     expected = list(ds.batches(4, shuffle=True, epoch=1, drop_last=True))
@@ -182,3 +188,23 @@ def test_val_run_scores_only_validation_frames(tiny_data_root, tmp_path, one_thr
     out = capsys.readouterr().out
     assert out.count(" val ") >= 3 and " test " in out
     np.testing.assert_array_equal(sorted(board["scene"]), ["SynthRoom"])
+
+
+def test_train_cli_val_job_and_its_teacher(tiny_data_root, tmp_path, one_thread, capsys):
+    root, runs = tmp_path / "data", tmp_path / "runs"
+    shutil.copytree(tiny_data_root / "SynthRoom", root / "SynthRoom")
+    base = ["train", "--scene", "SynthRoom", "--epochs", "1", "--batch-size", "4", "--data-root", str(root),
+            "--runs-dir", str(runs), "--quiet"]
+    assert main(base + ["--out", str(tmp_path / "t-val"), "--eval-split", "val"]) == 0
+    assert "validation split (holdout:fraction=0.2,gap=0.05)" in capsys.readouterr().out
+    val_frames = set(scene_splits("SynthRoom", root).parts["val"])
+    assert set(pd.read_csv(tmp_path / "t-val" / "predictions.csv")["image"]) == val_frames
+    assert main(base + ["--out", str(tmp_path / "t-test")]) == 0
+    capsys.readouterr()
+    student = base + ["--method", "vanilla", "--eval-split", "val"]
+    # A teacher trained on the whole training split has seen the student's validation frames: refused.
+    rc = main(student + ["--teacher", str(tmp_path / "t-test" / "checkpoint.pt"), "--out", str(tmp_path / "s1")])
+    assert "has seen this student's validation frames" in one_line_error(capsys, rc)
+    assert main(student + ["--teacher", str(tmp_path / "t-val" / "checkpoint.pt"), "--out", str(tmp_path / "s2")]) == 0
+    with ResultsStore(runs) as store:
+        assert sorted(r["eval_split"] for r in store.jobs("done")) == ["test", "val", "val"]

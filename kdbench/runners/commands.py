@@ -77,7 +77,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta=args.beta,
                       learn_beta=args.learn_beta or None, weights=weights,
                       precision=resolve_precision(args.precision, device), compile=args.compile or None,
-                      load_size=args.load_size, crop_size=args.crop, **preset_overrides(args))
+                      load_size=args.load_size, crop_size=args.crop, eval_split=args.eval_split,
+                      **preset_overrides(args))
     out = Path(args.out) if args.out else Path(args.runs_dir) / "train" / cfg.scene / (
         f"{cfg.arch}-{cfg.method}-seed{cfg.seed}-{cfg.hash()}")
     from kdbench.runners.benchmark import frame_counts
@@ -98,7 +99,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         record.failed(str(exc))
         raise
     record.done(res)
-    _print_metrics(f"{cfg.arch} {cfg.method} on {cfg.scene}: test split, last epoch ({res.epochs_done} epochs, "
+    scored = "test split" if cfg.eval_split == "test" else f"validation split ({cfg.val_rule})"
+    _print_metrics(f"{cfg.arch} {cfg.method} on {cfg.scene}: {scored}, last epoch ({res.epochs_done} epochs, "
                    f"{res.train_seconds:.0f} s)", res.metrics)
     print(f"run folder: {res.run_dir}\ncheckpoint: {res.checkpoint}\nrecorded in {record.store_path} "
           f"(job {cfg.hash()}; `kdbench runs --runs-dir {args.runs_dir}`)")

@@ -139,7 +139,7 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None, out_dir: str | 
         raise KdbenchError(f"{ckpt_path} belongs to another configuration (hash {resume.get('hash')}, this job "
                            f"{cfg.hash()}): delete the folder {out} (or, with `kdbench train`, choose another --out)")
     student = PoseNet(cfg.arch, weights=None if resume else cfg.weights, head_init=cfg.head_init).to(dev)
-    teacher = _load_teacher(method, teacher_checkpoint, dev)
+    teacher = _load_teacher(method, teacher_checkpoint, dev, cfg)
     pose_loss = PoseLoss(cfg.beta, cfg.learn_beta, form=cfg.pose_loss).to(dev)
 
     # Adaptors are sized from the first batch's features (eval mode: the probe must not move BN statistics).
@@ -313,13 +313,19 @@ def _check_not_all_skipped(cfg: TrainConfig, history: list[dict[str, float]]) ->
                            "Use --precision bf16 or fp32.")
 
 
-def _load_teacher(method: Method, teacher_checkpoint, dev: torch.device) -> PoseNet | None:
+def _load_teacher(method: Method, teacher_checkpoint, dev: torch.device, cfg: TrainConfig) -> PoseNet | None:
     if not method.needs_teacher:
         return None
     if teacher_checkpoint is None:
         raise KdbenchError(f"method {method.name!r} needs a teacher: pass --teacher CHECKPOINT "
                            "(a checkpoint.pt written by `kdbench train`)")
-    teacher, _ = load_model(teacher_checkpoint)
+    teacher, teacher_cfg = load_model(teacher_checkpoint)
+    if cfg.eval_split == "val" and (teacher_cfg.eval_split, teacher_cfg.val_rule) != ("val", cfg.val_rule):
+        # A teacher that trained on the validation frames would pass what it learnt there to the student.
+        seen = "the whole training split" if teacher_cfg.eval_split != "val" else f"rule {teacher_cfg.val_rule}"
+        raise KdbenchError(f"teacher {teacher_checkpoint} was trained on {seen}, so it has seen this student's "
+                           f"validation frames ({cfg.val_rule}): train the teacher with the same validation split "
+                           "(`kdbench train --eval-split val`, or `kdbench run` with eval_split val for both)")
     teacher.eval().to(dev)
     for p in teacher.parameters():
         p.requires_grad_(False)
