@@ -208,3 +208,16 @@ def test_train_cli_val_job_and_its_teacher(tiny_data_root, tmp_path, one_thread,
     assert main(student + ["--teacher", str(tmp_path / "t-val" / "checkpoint.pt"), "--out", str(tmp_path / "s2")]) == 0
     with ResultsStore(runs) as store:
         assert sorted(r["eval_split"] for r in store.jobs("done")) == ["test", "val", "val"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_subset_device_batches_on_cuda(tiny_data_root):
+    cache = load_split_cache("SynthRoom", tiny_data_root, "train", 32)
+    split = carve(cache.image_paths)
+    ds = PoseDataset(cache, 28, train=True, seed=1, rows=split.train)
+    source = DeviceBatches(ds, torch.device("cuda"))
+    assert source.images.shape[0] == len(split.train)  # only the training rows are uploaded
+    plans = ds.epoch_plans(4, shuffle=True, epoch=2, drop_last=True)
+    for (x, pose), (ex, epose) in zip(source.iterate(plans), ds.batches(4, shuffle=True, epoch=2, drop_last=True)):
+        torch.testing.assert_close(x.cpu(), ex, rtol=0, atol=1e-5)
+        assert torch.equal(pose.cpu(), epose)
