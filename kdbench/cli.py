@@ -328,7 +328,12 @@ def main(argv: list[str] | None = None) -> int:
             args.command = "run"
         return _dispatch(args) or 0
     except KdbenchError as exc:
-        print(f"kdbench: error: {exc}", file=sys.stderr)
+        message = str(exc)
+        if getattr(args, "config_keys", None):
+            from kdbench.runners.benchconfig import blame_config
+
+            message = blame_config(message, args)
+        print(f"kdbench: error: {message}", file=sys.stderr)
         return 2
     except OSError as exc:
         if exc.errno not in _FILE_ERRNOS:

@@ -14,13 +14,14 @@ import argparse
 import json
 import os
 import re
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kdbench.errors import KdbenchError
-from kdbench.fileio import write_json_atomic
+from kdbench.fileio import ensure_dir, write_json_atomic
 
 FORMATS = ("onnx",)
 SIDECAR_FORMAT = "kdbench-onnx-export"
@@ -113,8 +114,12 @@ def _folder_metrics(folder: Path) -> dict[str, float] | None:
 
 
 def leaderboard_students(runs_dir: str | os.PathLike, scenes: str | None = None,
-                         preset: str | None = None) -> list[Source]:
-    """The students the leaderboard shows (finished, latest rerun, one preset), each with its metrics."""
+                         preset: str | None = None, skipped: list[str] | None = None) -> list[Source]:
+    """The students the leaderboard shows (finished, latest rerun, one preset), each with its metrics.
+
+    A student whose checkpoint is gone (its result stays on the leaderboard) is left out, and why is
+    appended to `skipped` when given (else it is an error).
+    """
     from kdbench.reports.leaderboard import load_results, shown_jobs
     from kdbench.reports.store import ResultsStore
 
@@ -124,7 +129,14 @@ def leaderboard_students(runs_dir: str | os.PathLike, scenes: str | None = None,
     with ResultsStore(runs_dir, create=False) as store:
         for job_id in jobs["id"]:
             job = store.get_job(job_id)
-            sources.append(Source(job_checkpoint(job, runs_dir), job, store.metrics(job_id) or None))
+            try:
+                sources.append(Source(job_checkpoint(job, runs_dir), job, store.metrics(job_id) or None))
+            except KdbenchError as exc:
+                if skipped is None:
+                    raise
+                skipped.append(f"{job.get('method')} on {job.get('scene')} (seed {job.get('seed')}): {exc}")
+    if not sources and skipped:
+        raise KdbenchError(f"none of the {len(skipped)} leaderboard students has its checkpoint: {skipped[0]}")
     if not sources:
         raise KdbenchError(f"no finished students in {Path(runs_dir) / 'results.sqlite'}"
                            + (f" for scenes {scenes}" if scenes else "") + ": run `kdbench run` first")
@@ -185,7 +197,7 @@ def export_checkpoint(source: Source, out: str | os.PathLike, batch: int = 1) ->
     meta = {"kdbench.job_id": cfg.hash(), "kdbench.scene": cfg.scene, "kdbench.method": cfg.method,
             "kdbench.role": cfg.role, "kdbench.seed": str(cfg.seed), "kdbench.epoch": f"{epoch}/{cfg.epochs}",
             "kdbench.input": json.dumps(contract, sort_keys=True)}
-    out.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out.parent, "--out folder")
     # Export and check in a temporary folder beside the target: a model that fails parity never lands at `out`.
     with tempfile.TemporaryDirectory(prefix=f".{out.stem}.", dir=out.parent) as tmp:
         tmp_file = export_onnx(model, Path(tmp) / out.name, batch, cfg.crop_size, metadata=meta)
@@ -241,7 +253,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.all_students == bool(args.target):
         raise KdbenchError("pass either a checkpoint / run folder / job id, or --all-students (not both)")
     if args.all_students:
-        sources = leaderboard_students(args.runs_dir, args.scenes, args.preset)
+        skipped: list[str] = []
+        sources = leaderboard_students(args.runs_dir, args.scenes, args.preset, skipped)
+        for why in skipped:
+            print(f"kdbench: warning: skipped {why}", file=sys.stderr)
         out_dir = Path(args.out or DEFAULT_DIR)
         if out_dir.suffix == ".onnx":
             raise KdbenchError(f"--out {out_dir}: --all-students writes several models, give a folder")

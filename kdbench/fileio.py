@@ -253,12 +253,14 @@ def _first_line(exc: BaseException) -> str:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on success it becomes `path` (replacing an old one)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean_orphans(path.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
+    with translated_writes(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clean_orphans(path.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=path.parent))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
     try:
-        yield tmp
+        with translated_writes(path):
+            yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             if old.exists():

@@ -176,3 +176,223 @@ def test_device_meta_is_one_true_line(tmp_path, tiny_data_root, capsys):
     rc = main(["train", "--scene", "SynthRoom", "--device", "meta", "--data-root", str(tiny_data_root),
                "--runs-dir", str(tmp_path / "runs")])
     assert "--device meta: torch knows this device type, but kdbench cannot train" in one_line_error(capsys, rc)
+
+
+# ------------------------------------------------------------------------------------ 8, 20: frames and labels
+def _scene(tiny_data_root, tmp_path, name):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data_root / name, root / name, ignore=shutil.ignore_patterns(".kdbench-cache"))
+    return root
+
+
+def _prepare(root, name, *extra):
+    return main(["scenes", "prepare", name, "--data-root", str(root), "--load-size", "24", "--quiet", *extra])
+
+
+def _frames(capsys, root, name) -> str:
+    """The dry run's line 'NAME: N train / M test frames'."""
+    assert main(["run", "--methods", "baseline", "--scenes", name, "--seeds", "1", "--dry-run",
+                 "--data-root", str(root), "--runs-dir", str(root.parent / "runs")]) == 0
+    return next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(f"{name}: "))
+
+
+def test_7scenes_image_without_pose_is_an_error_naming_it(tiny_data_root, tmp_path, capsys):
+    root = _scene(tiny_data_root, tmp_path, "SynthRoom")
+    pose = next((root / "SynthRoom" / "seq-01").glob("frame-*.pose.txt"))
+    pose.unlink()
+    err = one_line_error(capsys, _prepare(root, "SynthRoom"))
+    assert pose.name.replace(".pose.txt", ".color.png") in err and "has no pose file" in err
+
+
+def test_headerless_cambridge_file_keeps_a_first_gif_line(tiny_data_root, tmp_path, capsys):
+    from PIL import Image
+
+    root = _scene(tiny_data_root, tmp_path, "SynthStreet")
+    label = root / "SynthStreet" / "dataset_train.txt"
+    lines = label.read_text().splitlines(keepends=True)[3:]  # no header
+    out = []
+    for line in lines:  # every train image a GIF (one mode for the whole split), the first line too
+        name, rest = line.split(" ", 1)
+        gif = Path(name).with_suffix(".gif").as_posix()
+        Image.open(root / "SynthStreet" / name).convert("P").save(root / "SynthStreet" / gif)
+        out.append(f"{gif} {rest}")
+    label.write_text("".join(out))
+    assert _prepare(root, "SynthStreet") == 0
+    assert f"{len(lines)} train" in _frames(capsys, root, "SynthStreet")
+
+
+def test_cambridge_file_with_a_bom_and_no_header_reads_every_frame(tiny_data_root, tmp_path, capsys):
+    root = _scene(tiny_data_root, tmp_path, "SynthStreet")
+    label = root / "SynthStreet" / "dataset_train.txt"
+    lines = label.read_text().splitlines(keepends=True)[3:]
+    label.write_text("\ufeff" + "".join(lines), encoding="utf-8")
+    assert _prepare(root, "SynthStreet") == 0, capsys.readouterr().err
+    assert f"{len(lines)} train" in _frames(capsys, root, "SynthStreet")
+    label.write_text("".join(lines[:2]) + "\ufeff" + "".join(lines[2:]), encoding="utf-8")  # one inside
+    err = one_line_error(capsys, _prepare(root, "SynthStreet"))
+    assert f"{label}:3" in err and "byte-order mark (BOM" in err
+
+
+def test_non_finite_pose_names_the_value(tiny_data_root, tmp_path, capsys):
+    root = _scene(tiny_data_root, tmp_path, "SynthStreet")
+    label = root / "SynthStreet" / "dataset_train.txt"
+    lines = label.read_text().splitlines(keepends=True)
+    cols = lines[4].split()
+    cols[2] = "nan"
+    lines[4] = " ".join(cols) + "\n"
+    label.write_text("".join(lines))
+    err = one_line_error(capsys, _prepare(root, "SynthStreet"))
+    assert f"{label}:5" in err and "Y = nan is not finite" in err
+    root = _scene(tiny_data_root, tmp_path / "room", "SynthRoom")
+    pose = next((root / "SynthRoom" / "seq-01").glob("frame-*.pose.txt"))
+    rows = pose.read_text().splitlines()
+    rows[1] = " ".join(["0", "1", "0", "inf"])
+    pose.write_text("\n".join(rows) + "\n")
+    err = one_line_error(capsys, _prepare(root, "SynthRoom"))
+    assert str(pose) in err and "row 2, column 4 of the pose matrix is inf" in err
+
+
+def test_huge_image_is_too_large_not_corrupt(tiny_data_root, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    root = _scene(tiny_data_root, tmp_path, "SynthRoom")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 48x36 is then above twice the limit, like 400 Mpx
+    err = one_line_error(capsys, _prepare(root, "SynthRoom"))
+    assert "is too large to decode" in err and "corrupt" not in err
+
+
+# ----------------------------------------------------------------------------------- 17: disk full, cache build
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (skips where mounting is refused)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def _fill(folder: Path, leave: int) -> None:
+    free = shutil.disk_usage(folder).free
+    with open(folder / "filler", "wb") as fh:
+        fh.write(b"\0" * max(0, free - leave))
+
+
+def _no_temp_left(root: Path) -> None:
+    cache = root / "SynthRoom" / ".kdbench-cache"
+    assert not cache.exists() or not [p for p in cache.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_disk_full_before_a_cache_build_is_one_line(tiny_data_root, small_disk, capsys):
+    root = _scene(tiny_data_root, small_disk, "SynthRoom")
+    _fill(small_disk, 16 * 1024)  # the 24 px train cache needs 16 x 24 x 32 x 3 = 36 KiB
+    err = one_line_error(capsys, _prepare(root, "SynthRoom"))
+    assert "disk full while writing the SynthRoom train @24px cache" in err and "MiB free" in err
+    _no_temp_left(root)
+
+
+def test_disk_full_during_a_cache_build_is_not_sigbus(tiny_data_root, small_disk, capsys, monkeypatch):
+    from kdbench.scenes import cache
+
+    root = _scene(tiny_data_root, small_disk, "SynthRoom")
+    _fill(small_disk, 16 * 1024)
+    real = shutil.disk_usage
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda p: real(p)._replace(free=2**40))  # the check is fooled
+    err = one_line_error(capsys, _prepare(root, "SynthRoom"))
+    assert "disk full while writing" in err
+    _no_temp_left(root)
+
+
+# -------------------------------------------------------------------------------------- 19: plugin contract
+PLUGIN = '''
+import sys
+import torch
+from kdbench.methods import HParam, Method, register_method
+
+{top}
+
+@register_method("{name}")
+class Broken(Method):
+    description = "a plugin with a bug"
+    needs_teacher = False
+    hparams = {hparams}
+
+    def student_taps(self):
+        return {taps}
+
+    def loss(self, student, teacher, gt, ctx):
+        l_gt = ctx.pose_loss(student, gt)
+        {body}
+'''
+
+
+def _plugin(tmp_path, body="return {'gt': l_gt}", top="", hparams="{}", taps="()"):
+    name = f"broken{abs(hash((body, top, hparams, taps))) % 10**6}"
+    path = tmp_path / f"{name}.py"
+    path.write_text(PLUGIN.format(name=name, body=body, top=top, hparams=hparams, taps=taps))
+    return name, path
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    (dict(body="return {'gt': l_gt, 'kd': 0.5}"), "loss term 'kd' is a float (0.5), not a tensor"),
+    (dict(body="return {'gt': l_gt, 'kd': 'ten'}"), "loss term 'kd' is a str"),
+    (dict(body="return {'gt': l_gt * torch.ones(4)}"), "loss term 'gt' has shape (4,), not a scalar"),
+    (dict(body="return {'gt': l_gt.detach()}"), "the loss carries no gradient (terms gt are detached"),
+    (dict(taps="('layer9',)"), "student_taps() names 'layer9', which PoseNet does not have; its taps are stem"),
+])
+def test_plugin_contract_errors_say_the_contract(tmp_path, tiny_data_root, capsys, monkeypatch, kwargs, expected,
+                                                 one_thread):
+    from kdbench.methods import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    name, path = _plugin(tmp_path, **kwargs)
+    rc = main(["train", "--scene", "SynthRoom", "--method", name, "--plugin", str(path), "--epochs", "1",
+               "--batch-size", "4", "--data-root", str(tiny_data_root), "--runs-dir", str(tmp_path / "runs"),
+               "--quiet"])
+    err = one_line_error(capsys, rc)
+    assert expected in err and "KeyError" not in err
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    (dict(top="sys.exit(3)"), "called sys.exit(3) while being imported"),
+    (dict(hparams="{'weight': HParam('ten', 'float', 'a weight')}"),
+     "declares hyperparameter 'weight' with default 'ten', which is not a valid float"),
+])
+def test_plugin_import_errors_name_the_file(tmp_path, capsys, monkeypatch, kwargs, expected):
+    from kdbench.methods import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    _, path = _plugin(tmp_path, **kwargs)
+    err = one_line_error(capsys, main(["methods", "--plugin", str(path)]))
+    assert expected in err and str(path) in err
+
+
+# -------------------------------------------------------------------------------------------- 20: messages
+def test_config_errors_name_the_file_and_key(tmp_path, tiny_data_root, capsys):
+    cfg = tmp_path / "bench.toml"
+    cfg.write_text('seeds = "-1"\nscenes = "SynthRoom"\n')
+    rc = main(["run", "--config", str(cfg), "--dry-run", "--data-root", str(tiny_data_root),
+               "--runs-dir", str(tmp_path / "runs")])
+    assert f"(set by {cfg}: seeds)" in one_line_error(capsys, rc)
+    rc = main(["run", "--config", str(cfg), "--seeds", "-2", "--dry-run", "--data-root", str(tiny_data_root),
+               "--runs-dir", str(tmp_path / "runs")])
+    assert "set by" not in one_line_error(capsys, rc)  # the command line's value, not the file's
+    cfg.write_bytes(b"\xef\xbb\xbf" + b'scenes = "SynthRoom"\nmethods = "baseline"\nseeds = 1\n')  # a BOM
+    assert main(["run", "--config", str(cfg), "--dry-run", "--data-root", str(tiny_data_root),
+                 "--runs-dir", str(tmp_path / "runs")]) == 0
+
+
+def test_export_all_students_exports_the_rest_and_names_the_skipped(finished, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    runs = Path(shutil.copytree(finished[0], tmp_path / "runs"))
+    assert main([*RUN, "--seeds", "0,1", "--data-root", str(finished[1]), "--runs-dir", str(runs)]) == 0
+    gone = next(runs.glob("SynthRoom/student-*-seed1-*/checkpoint.pt"))
+    gone.unlink()
+    capsys.readouterr()
+    rc = main(["export", "--all-students", "--runs-dir", str(runs), "--out", str(tmp_path / "onnx")])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "skipped baseline on SynthRoom (seed 1)" in captured.err and str(gone) in captured.err
+    assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 1

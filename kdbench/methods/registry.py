@@ -28,6 +28,7 @@ def register_method(name: str):
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise KdbenchError(f"method name {name!r} is already registered by {_REGISTRY[name].__module__}")
         cls.name = name
+        _check_defaults(name, cls)
         _REGISTRY[name] = cls
         later = {k: (list(h.default) if isinstance(h.default, tuple) else h.default)
                  for k, h in getattr(cls, "hparams", {}).items() if getattr(h, "added_later", False)}
@@ -36,6 +37,19 @@ def register_method(name: str):
         return cls
 
     return deco
+
+
+def _check_defaults(name: str, cls: type[Method]) -> None:
+    """Each declared default parses as its own type (`HParam("ten", "float")` fails at registration, by name)."""
+    for key, hp in getattr(cls, "hparams", {}).items():
+        try:
+            hp.parse(hp.default, f"{name}.{key}")
+        except KdbenchError as exc:
+            module = sys.modules.get(cls.__module__)
+            where = getattr(module, "__file__", None) or cls.__module__
+            raise KdbenchError(f"method {name!r} ({where}) declares hyperparameter {key!r} with default "
+                               f"{hp.default!r}, which is not a valid {hp.type} ({exc}): fix the HParam "
+                               "declaration") from None
 
 
 def load_entry_points() -> None:
@@ -73,9 +87,14 @@ def load_plugin(path: str | Path) -> None:
     sys.modules[mod_name] = module
     try:
         spec.loader.exec_module(module)
-    except KdbenchError:
+    except KdbenchError as exc:
         del sys.modules[mod_name]
-        raise
+        raise KdbenchError(str(exc) if str(path) in str(exc) else f"plugin file {path}: {exc}") from None
+    except SystemExit as exc:  # not an Exception: it would end kdbench without a word
+        del sys.modules[mod_name]
+        raise KdbenchError(f"plugin file {path} called sys.exit({exc.code!r}) while being imported: a plugin file "
+                           "must only define and register methods (put a script's code under "
+                           "`if __name__ == \"__main__\":`)") from None
     except Exception as exc:
         del sys.modules[mod_name]
         raise KdbenchError(f"plugin file {path} failed to import: {type(exc).__name__}: {exc}") from exc

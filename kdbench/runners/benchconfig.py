@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -46,8 +47,9 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise KdbenchError(f"config file {path} does not exist: pass --config path/to/bench.toml")
     try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
+        data = path.read_bytes()
+        # A UTF-8 byte-order mark (BOM, which some editors write) is not TOML: read past it
+        return tomllib.loads(data.removeprefix(b"\xef\xbb\xbf").decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise KdbenchError(f"{path} is not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
@@ -127,7 +129,20 @@ def apply_config_file(parser: argparse.ArgumentParser, argv: list[str], path: st
         args = parser.parse_args(argv)
     finally:
         parser.set_defaults(**saved)
+    # Which options the file set (and the command line did not): an error about one names the file's key.
+    given = parser.parse_args(argv)
+    args.config_keys = {a.option_strings[-1]: a.option_strings[-1].lstrip("-").replace("-", "_")
+                        for a in parser._actions if a.dest in defaults and a.option_strings
+                        and getattr(given, a.dest) == saved[a.dest]}
     return args
+
+
+def blame_config(message: str, args: argparse.Namespace) -> str:
+    """`message` with the config file and key added when it is about an option the file set."""
+    for option, key in getattr(args, "config_keys", {}).items():
+        if re.search(rf"{re.escape(option)}(?![\w-])", message):
+            return f"{message} (set by {args.config}: {key})"
+    return message
 
 
 def _toml_value(value: Any) -> str:

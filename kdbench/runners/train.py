@@ -16,6 +16,7 @@ from kdbench.config import TrainConfig, epoch_lr
 from kdbench.errors import KdbenchError
 from kdbench.fileio import read_torch_file, torch_save_atomic, write_json_atomic, write_text_atomic
 from kdbench.methods import GroundTruth, LossContext, Method, PoseLoss, create_method
+from kdbench.methods.contract import check_taps, check_terms
 from kdbench.models import PoseNet, PoseOutput
 from kdbench.progress import make_progress
 from kdbench.runners.batches import make_batches
@@ -146,6 +147,7 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None, out_dir: str | 
     x0, pose0 = next(eval_train_ds.batches(min(cfg.batch_size, len(eval_train_ds)), shuffle=False))
     x0, _ = _to_device(x0, pose0, dev)
     student.eval()
+    check_taps(method)
     with torch.no_grad():
         method.setup(student(x0, taps=method.student_taps()),
                      teacher(x0, taps=method.teacher_taps()) if teacher is not None else None)
@@ -239,12 +241,7 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None, out_dir: str | 
                             with torch.no_grad():
                                 t_out = teacher(x, taps=method.teacher_taps())
                         terms = method.loss(s_out, t_out, gt, ctx)
-                        if not isinstance(terms, dict) or not terms:
-                            raise KdbenchError(
-                                f"method {cfg.method!r}: loss() returned {type(terms).__name__}, but it must return "
-                                "a non-empty dict of named loss terms (tensors) whose sum is the training loss, "
-                                "e.g. {'gt': ctx.pose_loss(student, gt), 'kd': ...}")
-                        loss = sum(terms.values())
+                        loss = check_terms(cfg.method, terms)
                     losses.add(step, loss, terms)
                     precision.step(loss, optimizer)
                     if step + 1 < len(plans) and (stop.requested or policy.due()):

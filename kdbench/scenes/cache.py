@@ -165,12 +165,21 @@ def _reuse_problem(path: Path, sources: list[list], poses: np.ndarray, load_size
 # Image checks and decoding
 
 
+def _too_large(path: Path, exc: Exception) -> KdbenchError:
+    """Pillow refuses images above twice MAX_IMAGE_PIXELS (decompression-bomb guard): too large, not corrupt."""
+    limit = (Image.MAX_IMAGE_PIXELS or 0) * 2 / 1e6
+    return KdbenchError(f"image {path} is too large to decode ({exc}; Pillow's limit is about {limit:.0f} Mpx): "
+                        "downscale it (camera-pose images need well under 1 Mpx), or replace the file")
+
+
 def _probe(path: Path) -> tuple[tuple[int, int], str]:
     """(width, height) and mode from the image header, without decoding the pixels."""
     try:
         with Image.open(path) as im:
             return im.size, im.mode
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise _too_large(path, exc) from None
+    except (OSError, ValueError) as exc:
         raise KdbenchError(f"cannot decode image {path} ({exc}): the file is corrupt; download or render "
                            "the scene again, or replace that file") from None
 
@@ -211,7 +220,9 @@ def _decode(path: Path, size: tuple[int, int], source: tuple[tuple[int, int], st
             if im.size != size:
                 im = im.resize(size, Image.BILINEAR, reducing_gap=3.0)
             return np.asarray(im, dtype=np.uint8), hashlib.blake2b(data, digest_size=16).hexdigest()
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise _too_large(path, exc) from None
+    except (OSError, ValueError) as exc:
         raise KdbenchError(f"cannot decode image {path} ({exc}): the file is corrupt; download or render "
                            "the scene again") from None
 
@@ -263,10 +274,12 @@ def _build(path: Path, frames: list[Frame], sources: list[list], poses: np.ndarr
            label: str, quiet: bool) -> None:
     source = _check_images(frames, label)
     w, h = _target_size(source[0], load_size)
+    _check_space(path, len(frames) * h * w * 3, label)
     digests: list[str] = []
     with atomic_dir(path) as tmp:
         images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
                                            shape=(len(frames), h, w, 3))
+        _reserve(tmp / "images.npy", path, label)
         total = np.zeros((h, w, 3), dtype=np.float64)
         with make_progress(quiet) as progress, ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
             task = progress.add_task(f"caching {label}", total=len(frames), info="")
@@ -288,6 +301,50 @@ def _build(path: Path, frames: list[Frame], sources: list[list], poses: np.ndarr
                     "digests": digests, "poses_sha256": _poses_digest(poses), "files": files}
         manifest["fingerprint"] = _split_fingerprint(manifest)
         (tmp / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+
+
+SPACE_MARGIN = 1.02  # the cache's small files (poses, mean, manifest) beside the image array
+
+
+def _space_error(path: Path, need: int, free: int | None, label: str) -> KdbenchError:
+    left = f"{free / 2**20:.1f} MiB free" if free is not None else "the disk is full"
+    return KdbenchError(f"disk full while writing the {label} cache {path}: it needs {need * SPACE_MARGIN / 2**20:.1f} "
+                        f"MiB there, {left}: free some space (or copy the scene to a larger disk and pass that "
+                        "--data-root) and rerun; no cache was written")
+
+
+def _check_space(path: Path, need: int, label: str) -> None:
+    """Fail before decoding anything when the disk cannot hold the image array (its size is known)."""
+    probe = path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return
+    if free < need * SPACE_MARGIN:
+        raise _space_error(path, need, free, label)
+
+
+def _reserve(array: Path, path: Path, label: str) -> None:
+    """Allocate the memory map's blocks now: a full disk is then an error here, not SIGBUS mid-build.
+
+    A memory-mapped file is sparse; writing its pages onto a full disk kills the process with SIGBUS
+    (no message, the temporary folder left behind).
+    """
+    if not hasattr(os, "posix_fallocate"):
+        return
+    size = array.stat().st_size
+    fd = os.open(array, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            raise _space_error(path, size, None, label) from None
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)):
+            raise
+    finally:
+        os.close(fd)
 
 
 def _read_manifest(path: Path) -> dict:

@@ -8,8 +8,11 @@ Split integrity: a sequence (7-Scenes) or image (Cambridge) listed in both split
 and an error. A duplicate inside one split is an error too, not a warning: it silently double-weights a
 frame in training or in the test medians, with two different poses one label is wrong, the official
 files contain none, and the fix (delete the line) is trivial.
-Cambridge header lines are recognised by content, not counted: leading lines whose first field is not
-an image file name (the official files have three); a file without a header loses no frame.
+Cambridge header lines are recognised by content, not counted: leading lines that are neither an image
+file name nor a name followed by seven numbers (the official files have three); a file without a header
+loses no frame, whatever its images' format. A UTF-8 byte-order mark (BOM) at the start of a file is read
+as what it is, not as part of the first image's name. A 7-Scenes colour image without its pose file is an
+error, not a frame silently left out.
 """
 
 from __future__ import annotations
@@ -83,7 +86,32 @@ def _read_cambridge(root: Path, split: str) -> list[Frame]:
 
 
 def _looks_like_data(cols: list[str]) -> bool:
-    return bool(cols) and cols[0].lower().endswith(IMAGE_SUFFIXES)
+    """An image line: a known image suffix, or any name followed by the seven pose numbers (a .gif too)."""
+    if not cols:
+        return False
+    if cols[0].lower().endswith(IMAGE_SUFFIXES):
+        return True
+    if len(cols) != 8:
+        return False
+    try:
+        [float(c) for c in cols[1:]]
+    except ValueError:
+        return False
+    return True
+
+
+def _no_bom(label: Path, lineno: int, line: str) -> None:
+    if "\ufeff" in line:  # a BOM inside the file (files concatenated): the start of the file is handled
+        raise KdbenchError(f"{label}:{lineno}: the line holds a byte-order mark (BOM, U+FEFF), e.g. from joining "
+                           "files saved with one: remove it (save the file as UTF-8 without BOM)")
+
+
+def _non_finite(values: np.ndarray, names: str = "XYZWPQR") -> str:
+    """The first non-finite value of a pose line, named: 'Y = nan'."""
+    for name, v in zip(names, values):
+        if not np.isfinite(v):
+            return f"{name} = {v}"
+    return ""
 
 
 def _read_cambridge_file(label: Path, root: Path) -> tuple[list[Frame], dict[str, int]]:
@@ -91,8 +119,9 @@ def _read_cambridge_file(label: Path, root: Path) -> tuple[list[Frame], dict[str
     frames: list[Frame] = []
     seen: dict[str, int] = {}
     in_header = True
-    with open(label, encoding="utf-8", errors="replace") as fh:
+    with open(label, encoding="utf-8-sig", errors="replace") as fh:  # -sig: a leading BOM is not a name
         for lineno, line in enumerate(fh, start=1):
+            _no_bom(label, lineno, line)
             cols = line.split()
             if not cols:
                 continue
@@ -108,8 +137,12 @@ def _read_cambridge_file(label: Path, root: Path) -> tuple[list[Frame], dict[str
                 values = np.array([float(c) for c in cols[1:]], dtype=np.float64)
             except ValueError as exc:
                 raise KdbenchError(f"{label}:{lineno}: non-numeric pose value ({exc}): {line.strip()!r}") from None
-            if not np.all(np.isfinite(values)) or np.linalg.norm(values[3:]) < 1e-6:
-                raise KdbenchError(f"{label}:{lineno}: pose must be finite with a non-zero quaternion")
+            if not np.all(np.isfinite(values)):
+                raise KdbenchError(f"{label}:{lineno}: pose value {_non_finite(values)} is not finite: fix or delete "
+                                   f"the line: {line.strip()!r}")
+            if np.linalg.norm(values[3:]) < 1e-6:
+                raise KdbenchError(f"{label}:{lineno}: the quaternion (W P Q R) is zero; a rotation needs a non-zero "
+                                   f"quaternion: {line.strip()!r}")
             rel = cols[0]
             if os.path.isabs(rel) or ".." in Path(rel).parts:
                 raise KdbenchError(f"{label}:{lineno}: image path {rel!r} must be relative to the scene folder")
@@ -139,7 +172,7 @@ def _split_file_7scenes(root: Path, split: str) -> Path:
 def read_sequences(split_file: Path) -> dict[int, int]:
     """Sequence number -> line of a TrainSplit.txt / TestSplit.txt; a sequence listed twice is an error."""
     seqs: dict[int, int] = {}
-    with open(split_file, encoding="utf-8", errors="replace") as fh:
+    with open(split_file, encoding="utf-8-sig", errors="replace") as fh:
         for lineno, line in enumerate(fh, start=1):
             text = line.strip()
             if not text:
@@ -178,6 +211,11 @@ def _read_7scenes(root: Path, split: str) -> list[Frame]:
         pose_files = sorted(seq_dir.glob("frame-*.pose.txt"))
         if not pose_files:
             raise KdbenchError(f"{seq_dir} holds no frame-XXXXXX.pose.txt files")
+        for color in sorted(seq_dir.glob("frame-*.color.png")):
+            if not color.with_name(color.name.replace(".color.png", ".pose.txt")).is_file():
+                raise KdbenchError(f"{color} has no pose file ({color.name.replace('.color.png', '.pose.txt')} "
+                                   "is missing): the frame cannot be used; restore the pose file, or delete the image "
+                                   "to leave the frame out")
         for pf in pose_files:
             frames.append(Frame(pf.with_name(pf.name.replace(".pose.txt", ".color.png")), read_7scenes_pose(pf)))
     return frames
@@ -186,7 +224,7 @@ def _read_7scenes(root: Path, split: str) -> list[Frame]:
 def read_7scenes_pose(path: Path) -> np.ndarray:
     """7-d label of a 7-Scenes pose.txt: translation column and quaternion of the camera-to-world rotation."""
     rows = []
-    with open(path, encoding="utf-8", errors="replace") as fh:
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -199,6 +237,11 @@ def read_7scenes_pose(path: Path) -> np.ndarray:
     if len(rows) != 4:
         raise KdbenchError(f"{path}: expected 4 rows of a 4x4 camera-to-world matrix, found {len(rows)}")
     m = np.array(rows)
+    bad = np.argwhere(~np.isfinite(m))
+    if len(bad):
+        (i, j), = bad[:1]
+        raise KdbenchError(f"{path}: row {i + 1}, column {j + 1} of the pose matrix is {m[i, j]}, not a finite "
+                           "number: fix the file or delete the frame (its pose and colour image)")
     problem = rigid_transform_problem(m)
     if problem:
         raise KdbenchError(f"{path}: not a rigid transform: {problem}")
