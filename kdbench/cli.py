@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     scenes = sub.add_parser("scenes", help="scene catalog, downloads, synthetic scenes")
     ssub = scenes.add_subparsers(dest="scenes_command", metavar="ACTION", required=True, parser_class=_SubParser)
     p = ssub.add_parser("list", help="every scene: family, frame counts, on disk, prepared, size")
+    p.add_argument("--splits", action="store_true",
+                   help="also the validation split of each scene on disk (as `kdbench scenes splits`)")
     _add_data_root(p)
     p = ssub.add_parser("splits", help="train / validation / gap / test frames of scenes on disk, and what is held out")
     p.add_argument("names", nargs="*", default=["all"], help="scene names or groups (default: every scene on disk)")

@@ -54,6 +54,9 @@ def test_stairs_holds_out_its_last_training_sequence(stairs_dir, tmp_path, capsy
     assert main(["scenes", "splits", "Stairs", "--data-root", str(root)]) == 0
     out = capsys.readouterr().out
     assert "seq-03" in out and "Stairs" in out
+    assert main(["scenes", "list", "--splits", "--data-root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "KingsCollege" in out and "sequences seq-03" in out  # the catalog, then the splits of what is on disk
 
 
 def _shopfacade(labels, root, shuffle_seed=None):

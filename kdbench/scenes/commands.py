@@ -27,6 +27,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     out.print(table)
     if any(r["download"] == UNKNOWN_DOWNLOAD for r in rows):
         out.print(UNKNOWN_NOTE.format(path=data_root(args.data_root) / DOWNLOADS_RECORD), highlight=False)
+    if getattr(args, "splits", False):
+        if any(r["on_disk"] for r in rows):
+            return cmd_splits(argparse.Namespace(names=["all"], rule=None, data_root=args.data_root))
+        out.print("no scene is on disk: no validation split to show", highlight=False)
     return 0
 
 

@@ -6,7 +6,8 @@ folder (7-Scenes `seq-XX/`, Cambridge `seqN/`, Street's `img_*/`).
 Rule `holdout` (parameters `fraction`, `gap`):
 - A scene with two or more training sequences holds out whole sequences: k = round(fraction x sequences),
   at least 1 and at most all but one, chosen evenly spaced in natural name order, the last one included
-  (k = 1: the last sequence by name; 7-Scenes Stairs trains on seq-02, 03, 05, 06 and validates on seq-06).
+  (k = 1: the last sequence by name; 7-Scenes Stairs trains on seq-02, 03, 05, 06 and validates on seq-06;
+  Fire, with two training sequences, validates on one of them, half its training frames).
   Whole sequences, because neighbouring frames of one video are near duplicates: a frame held out beside
   its neighbours in training would be scored on what the network has seen. The last by name needs no
   seed, does not depend on the order the files were listed in, and no sequence of these datasets is
