@@ -179,6 +179,7 @@ def export_checkpoint(source: Source, out: str | os.PathLike, batch: int = 1) ->
     from kdbench.config import TrainConfig
     from kdbench.models import PoseNet
     from kdbench.profile import PARITY_ATOL, check_onnx_parity, export_onnx
+    from kdbench.runners.checkpoints import load_weights
     from kdbench.runners.train import load_checkpoint
 
     if batch < 1:
@@ -190,7 +191,7 @@ def export_checkpoint(source: Source, out: str | os.PathLike, batch: int = 1) ->
     ckpt = load_checkpoint(source.checkpoint)
     cfg = TrainConfig.from_dict(ckpt["config"])
     model = PoseNet(cfg.arch)
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt["model"], source.checkpoint, cfg.arch)
     model.eval()  # the trained model as evaluated: dropout off, BatchNorm running statistics
     contract = input_contract(cfg, batch)
     epoch = int(ckpt.get("epoch", cfg.epochs))

@@ -63,7 +63,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     ckpt_sha256 TEXT,
     last_error TEXT,                  -- the latest failed rerun of a finished job (its result is kept)
     superseded_by TEXT,               -- the job whose newer result replaced this one
-    eval_split TEXT DEFAULT 'test'    -- what the job was scored on: 'test', or 'val' (tuning; never on a leaderboard)
+    eval_split TEXT DEFAULT 'test',   -- what the job was scored on: 'test', or 'val' (tuning; never on a leaderboard)
+    retries INTEGER                   -- Ray: how many times the job's task was run again after its worker died
 );
 CREATE TABLE IF NOT EXISTS metrics (
     job_id TEXT NOT NULL REFERENCES jobs(id),
@@ -82,7 +83,7 @@ CREATE TABLE IF NOT EXISTS profiles (
 """
 # Columns added after schema version 1: an older store gains them when a writer opens it.
 _ADDED_JOB_COLUMNS = {"data": "TEXT", "ckpt_bytes": "INTEGER", "ckpt_sha256": "TEXT", "last_error": "TEXT",
-                      "superseded_by": "TEXT", "eval_split": "TEXT DEFAULT 'test'"}
+                      "superseded_by": "TEXT", "eval_split": "TEXT DEFAULT 'test'", "retries": "INTEGER"}
 
 JOB_COLUMNS = ("id", "kind", "scene", "method", "arch", "teacher_arch", "teacher_id", "seed", "preset", "params",
                "config", "status", "error", "run_dir", "checkpoint", "epochs_done", "train_seconds",
@@ -179,7 +180,9 @@ class ResultsStore:
                                    "first")
             self.conn = self._connect_readonly()
             self._check()
-            if tables and not self._has_tables():
+            if tables:
+                self._check_lost_tables()
+            if tables and self._missing_tables():
                 self.conn.close()
                 raise KdbenchError(f"results store {self.path} holds no kdbench tables (empty, or not written by "
                                    f"kdbench): run `kdbench run --runs-dir {self.runs_dir}` to fill it")
@@ -198,6 +201,7 @@ class ResultsStore:
                 raise _operational_error(self.path, exc, self.TIMEOUT_S) from None
             if existed:
                 self._check()
+                self._check_lost_tables()
             try:
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=FULL")
@@ -253,9 +257,19 @@ class ResultsStore:
                 raise _operational_error(self.path, sqlite3.OperationalError(
                     f"no such column: {table}.{missing[0]}"), self.TIMEOUT_S)
 
-    def _has_tables(self) -> bool:
+    def _check_lost_tables(self) -> None:
+        """A kdbench store that lost a table is an error naming --rebuild-store: a rerun would reuse every job."""
+        missing = self._missing_tables()
         names = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        return {"jobs", "metrics", "profiles"} <= names
+        if missing and {"meta", "jobs"} <= names:  # kdbench made it whole (meta, jobs, metrics, profiles)
+            self.conn.close()
+            raise KdbenchError(f"results store {self.path} lacks its {', '.join(missing)} table(s) (dropped or "
+                               "damaged): rebuild it from the run folders with `kdbench run --rebuild-store "
+                               f"--runs-dir {self.runs_dir}` (the old file is kept beside it)")
+
+    def _missing_tables(self) -> list[str]:
+        names = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return [t for t in ("jobs", "metrics", "profiles") if t not in names]
 
     def _migrate(self) -> None:
         have = {r[1] for r in self.conn.execute("PRAGMA table_info(jobs)")}
@@ -432,6 +446,9 @@ class ResultsStore:
 def rebuild_store(runs_dir: str | os.PathLike) -> tuple[Path | None, int]:
     """Move a damaged store aside and rebuild it from the run folders' config.json and metrics.json.
 
+    Every finished folder under `runs_dir` is found (run and train jobs); variant labels come from the
+    configs; older results of a leaderboard cell come back superseded by the newest (by metrics.json's time).
+
     Returns (where the old file went, or None if there was none; how many finished jobs were recovered).
     Profile rows lived only in the store: re-import their JSON files (`kdbench import`).
     """
@@ -447,7 +464,8 @@ def rebuild_store(runs_dir: str | os.PathLike) -> tuple[Path | None, int]:
             if side.exists():
                 os.replace(side, aside.with_name(aside.name + suffix))
     found = []
-    for cfg_file in runs_dir.glob("*/*/config.json"):
+    # Run folders sit at <scene>/<job> (kdbench run) and train/<scene>/<job> (kdbench train): search them all.
+    for cfg_file in sorted(runs_dir.rglob("config.json")):
         found.extend(_recovered_job(runs_dir, cfg_file))
     found.sort(key=lambda item: item[0].pop("finished"))  # oldest first: the newest of a cell stays done
     with ResultsStore(runs_dir) as store:
@@ -473,9 +491,13 @@ def _recovered_job(runs_dir: Path, cfg_file: Path) -> list[tuple[dict[str, Any],
         return []
     ckpt = folder / "checkpoint.pt"
     run_dir = folder.relative_to(runs_dir).as_posix()
-    row = {"id": cfg.hash(), "kind": cfg.role, "scene": cfg.scene, "method": cfg.method, "arch": cfg.arch,
-           "teacher_arch": cfg.teacher_arch, "teacher_id": cfg.teacher_hash, "seed": cfg.seed, "preset": cfg.preset,
-           "params": cfg.method_params, "config": cfg.to_dict(), "run_dir": run_dir, "data": cfg.data,
+    config = cfg.to_dict()
+    if run_dir.startswith("train/"):  # as `kdbench train` records it
+        config["origin"] = "train"
+    # The method column is the leaderboard row: a variant's label (recorded in its config), else the method.
+    row = {"id": cfg.hash(), "kind": cfg.role, "scene": cfg.scene, "method": cfg.method_label or cfg.method,
+           "arch": cfg.arch, "teacher_arch": cfg.teacher_arch, "teacher_id": cfg.teacher_hash, "seed": cfg.seed,
+           "preset": cfg.preset, "params": cfg.method_params, "config": config, "run_dir": run_dir, "data": cfg.data,
            "checkpoint": f"{run_dir}/checkpoint.pt" if ckpt.is_file() else None, "epochs_done": cfg.epochs,
            "finished": metrics_file.stat().st_mtime}
     return [(row, {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})]

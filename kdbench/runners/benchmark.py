@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from contextlib import ExitStack
@@ -413,7 +414,7 @@ def _run_round(pending: list[Job], *, teachers: dict[str, Job], runs: Path, data
                 result.superseded += store.finish_job(
                     res["id"], res["metrics"], checkpoint=res["checkpoint"], epochs_done=res["epochs_done"],
                     train_seconds=res["train_seconds"], eval_seconds=res["eval_seconds"], env_id=env,
-                    ckpt_bytes=size, ckpt_sha256=sha)
+                    ckpt_bytes=size, ckpt_sha256=sha, **_trained_config(res))
                 if res.get("resumed_from") is not None and res["resumed_from"] >= res["epochs_done"]:
                     result.evaluated.append(res["id"])  # its last checkpoint was final: only evaluated now
                 else:
@@ -422,11 +423,21 @@ def _run_round(pending: list[Job], *, teachers: dict[str, Job], runs: Path, data
                 progress.finish(job.label, True, f"median {m.get('median_t', float('nan')):.3g} m / "
                                 f"{m.get('median_r', float('nan')):.3g} deg", plan.images(job))
             else:
-                if store.record_failure(res["id"], res["error"], env_id=env):
+                retries = {"retries": res["retries"]} if "retries" in res else {}
+                if store.record_failure(res["id"], res["error"], env_id=env, **retries):
                     result.kept.append(res["id"])
                 result.failed[res["id"]] = res["error"]
                 progress.finish(job.label, False, res["error"], plan.images(job))
     return deferred
+
+
+def _trained_config(res: dict[str, Any]) -> dict[str, Any]:
+    """The config a job really trained with (its thread count, kept from the run it resumed), as stored, and
+    its Ray retries."""
+    out: dict[str, Any] = {"retries": res["retries"]} if "retries" in res else {}
+    if res.get("config"):
+        out["config"] = json.dumps(res["config"], sort_keys=True, default=str)
+    return out
 
 
 def _short_label(job: Job) -> str:

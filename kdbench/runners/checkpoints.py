@@ -69,3 +69,27 @@ class StopSignals:
         for sig, old in self._old.items():
             signal.signal(sig, old)
         self._old.clear()
+
+
+def load_weights(model, state: dict, path: object, arch: str) -> None:
+    """`model.load_state_dict(state)`, or one line saying how the checkpoint's weights differ from its config.
+
+    A checkpoint whose config and weights disagree (edited, or written by a method that replaced a layer)
+    would otherwise end in load_state_dict's many-line RuntimeError.
+    """
+    try:
+        model.load_state_dict(state)
+        return
+    except (RuntimeError, TypeError, AttributeError):
+        pass
+    have = model.state_dict()
+    state = state if isinstance(state, dict) else {}
+    missing = [k for k in have if k not in state]
+    extra = [k for k in state if k not in have]
+    shapes = [f"{k} {tuple(getattr(state[k], 'shape', ()))} vs {tuple(have[k].shape)}" for k in have
+              if k in state and tuple(getattr(state[k], "shape", ())) != tuple(have[k].shape)]
+    parts = [f"{what} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})"
+             for what, keys in (("missing", missing), ("unexpected", extra), ("other shapes:", shapes)) if keys]
+    raise KdbenchError(f"{path}: its weights do not fit the {arch} its config names ({'; '.join(parts) or 'values'}): "
+                       "the checkpoint was edited, or written by a method that replaced a layer of the model; "
+                       "retrain the job (delete its run folder and rerun)")

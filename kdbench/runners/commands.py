@@ -145,6 +145,7 @@ class _TrainRecord:
     def done(self, res) -> None:
         from kdbench.reports.store import ResultsStore
 
+        self.cfg = res.config or self.cfg  # as trained: its thread count included
         with ResultsStore(self.runs_dir) as store:
             store.upsert_job(self._row(self.run_dir, "running"))
             store.finish_job(self.id, res.metrics, checkpoint=str(Path(self.run_dir) / "checkpoint.pt"),
@@ -159,19 +160,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from kdbench.progress import step
     from kdbench.runners.evaluate import evaluate
     from kdbench.runners.preflight import check_device
-    from kdbench.runners.train import load_model
+    from kdbench.runners.train import load_checkpoint, model_from_checkpoint
     from kdbench.scenes import get_scene
     from kdbench.scenes.cache import load_split_cache
     from kdbench.scenes.dataset import PoseDataset
 
     device = check_device(args.device)
-    model, cfg = load_model(args.checkpoint)
+    ckpt = load_checkpoint(args.checkpoint)
+    model, cfg = model_from_checkpoint(ckpt, args.checkpoint)
     spec = get_scene(args.scene or cfg.scene)
     if spec.name != get_scene(cfg.scene).name and not args.other_scene:
         raise KdbenchError(f"{args.checkpoint} was trained on {cfg.scene}, not {spec.name}: a pose regressor "
                            f"only knows its own scene. Drop --scene to evaluate on {cfg.scene}, or add "
                            "--other-scene to score it on another scene on purpose")
     cache = load_split_cache(spec, args.data_root, "test", cfg.load_size, args.quiet)
+    if spec.name == get_scene(cfg.scene).name:
+        _say_if_data_changed(ckpt, spec, args.data_root, cfg.load_size)
     ds = PoseDataset(cache, cfg.crop_size, train=False, normalize=cfg.normalize, seed=cfg.seed)
     from kdbench.runners.device import pick_device
 
@@ -191,6 +195,19 @@ def preset_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The preset fields `train` and `run` both take as flags (None: the preset's)."""
     return {k: getattr(args, k) for k in ("weight_decay", "adam_eps", "pose_loss", "head_init", "normalize",
                                           "lr_schedule")}
+
+
+def _say_if_data_changed(ckpt: dict, spec, data_root: str | None, load_size: int) -> None:
+    """One line on stderr when the scene's data is no longer what the checkpoint's model was trained on."""
+    from kdbench.runners.train import trained_data
+    from kdbench.scenes.cache import data_fingerprint
+
+    then, now = trained_data(ckpt), data_fingerprint(spec, data_root, load_size)
+    if then and then != now:
+        print(f"kdbench: note: the data of {spec.name} changed since this model was trained (fingerprint {then} "
+              f"then, {now} now: labels or images were edited, added or replaced); these metrics score the old "
+              "model on the new data. Rerun `kdbench run` (changed data is a new job) or `kdbench train` to "
+              "train on the current data.", file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

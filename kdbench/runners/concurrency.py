@@ -6,6 +6,10 @@ idle, and four processes at once gave 2.7x the throughput of one (two gave 1.8x;
 On CPU the default is CPU_JOBS jobs at once (at most one per torch thread), chosen by benchmarks/bench_sweep.py:
 a teacher and 4 students at the quick preset's sizes on 2 shared cores ran 3.3x and 3.9x faster as two
 single-thread jobs than as one two-thread job (144 s vs 470 s, 169 s vs 663 s, both orders).
+
+Every job trains with `job_threads(slots)` torch CPU threads: the machine's threads shared by the pool's
+slots, whatever else is pending, so a job alone (a rerun of one job, the last of a run) computes what it
+computes in a full pool; CPU results are bitwise reproducible only for a fixed thread count.
 """
 
 from __future__ import annotations
@@ -71,3 +75,13 @@ def job_slots(cfgs: list[TrainConfig], jobs_per_gpu: int | None, device: str | N
         smallest = min(torch.cuda.get_device_properties(g).total_memory for g in gpus)
         jobs_per_gpu = auto_jobs_per_gpu(cfgs, smallest)
     return [g for _ in range(jobs_per_gpu) for g in gpus]
+
+
+def job_threads(slots: list[str]) -> int:
+    """Torch CPU threads of every job of a pool of `slots`: this machine's threads over the slots (at least 1).
+
+    A function of the configured pool and the machine only, never of how many jobs are pending.
+    """
+    import torch
+
+    return max(1, torch.get_num_threads() // max(1, len(slots)))

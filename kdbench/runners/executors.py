@@ -4,24 +4,40 @@
 ProcessPoolExecutor ('spawn' context: CUDA cannot be forked): each job goes to a free slot, a student once its
 teacher is done. Every executor yields each job's result dict to the driver as it finishes; only the driver
 writes the store.
+
+Each job's torch CPU thread count is fixed before it runs (`concurrency.job_threads`: the pool's share of the
+machine, the same for a job alone as in a full pool; CPUS_PER_RAY_JOB on Ray) and recorded in its config
+(`threads`); a job that resumes keeps the count it started with (runners/train.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any
 
 from kdbench.errors import KdbenchError
-from kdbench.runners.concurrency import job_slots
+from kdbench.runners.concurrency import job_slots, job_threads
 from kdbench.runners.jobs import run_job, teacher_checkpoint
 from kdbench.runners.plan import Job
 
 CPUS_PER_RAY_JOB = 1
+# A Ray task whose worker or node dies (preempted, lost, out of memory) is run again up to this many times;
+# every job resumes from its checkpoint, so a retry loses at most the work since the last save.
+RAY_MAX_RETRIES = 3
+ATTEMPTS_FILE = ".ray-attempts"  # in the job's folder: one line per attempt, "<submission> <pid>"
+
+
+def with_threads(jobs: list[Job], threads: int) -> list[Job]:
+    """The jobs with their torch CPU thread count in their configs (a label: their ids do not change)."""
+    return [dataclasses.replace(j, cfg=j.cfg.replace(threads=threads)) for j in jobs]
 
 
 def _teacher_failed(job: Job, teacher_result: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -39,6 +55,7 @@ def run_local(jobs: list[Job], teachers: dict[str, Job], runs_dir: str | os.Path
               **_: Any) -> Iterator[dict[str, Any]]:
     """Run jobs one after another in this process, or in a process pool when there are several job slots."""
     slots = job_slots([j.cfg for j in jobs], jobs_per_gpu, device)
+    jobs = with_threads(jobs, job_threads(slots))  # a lone job computes what it would in the pool
     if len(slots) > 1 and len(jobs) > 1:
         # Like Ray's tasks, pooled jobs report no start or epochs: the driver's bars follow one job at a time.
         yield from run_pool(jobs, teachers, runs_dir, data_root, plugins, slots, None, checkpoint_every)
@@ -63,14 +80,9 @@ def run_pool(jobs: list[Job], teachers: dict[str, Job], runs_dir: str | os.PathL
              on_start: Callable[[Job], None] | None = None,
              checkpoint_every: float | None = None) -> Iterator[dict[str, Any]]:
     """Run jobs in worker processes, one per slot (a device name); students wait for their teacher."""
-    import torch
-
-    # CPU jobs share this process's thread budget (results are bitwise reproducible for a given thread count);
-    # a GPU job needs one thread to feed its GPU.
     from kdbench.runners.batches import device_data_share
 
-    on_cpu = all(s == "cpu" for s in slots)
-    threads = max(1, torch.get_num_threads() // len(slots)) if on_cpu else 1
+    jobs = with_threads(jobs, job_threads(slots))
     data_share = device_data_share() / (len(slots) // len(set(slots)))  # each job on a GPU holds its own copy
     planned = {j.id for j in jobs}
     results: dict[str, dict[str, Any]] = {}
@@ -91,7 +103,7 @@ def run_pool(jobs: list[Job], teachers: dict[str, Job], runs_dir: str | os.PathL
                 ckpt = teacher_checkpoint(runs_dir, teachers[job.teacher_id]) if job.teacher_id else None
                 try:
                     fut: Future = pool.submit(run_job, job, runs_dir, data_root, ckpt, plugins, None, slot,
-                                              threads, checkpoint_every, data_share)
+                                              checkpoint_every=checkpoint_every, data_share=data_share)
                 except BrokenProcessPool:
                     raise KdbenchError(_POOL_DIED) from None
                 running[fut] = (job, slot)
@@ -134,15 +146,25 @@ def _die_with_driver() -> None:
 
 def _ray_job(job: Job, runs_dir: str, data_root: str | None, teacher_ckpt: str | None,
              plugins: tuple[str, ...], teacher_result: dict[str, Any] | None = None,
-             device: str | None = None, checkpoint_every: float | None = None) -> dict[str, Any]:
+             device: str | None = None, checkpoint_every: float | None = None,
+             submission: str = "") -> dict[str, Any]:
     # Ray resolves `teacher_result` (an ObjectRef at submit time) before this runs: students wait for teachers.
     failed = _teacher_failed(job, teacher_result)
     if failed:
         return failed
-    import torch
+    retries = _count_attempt(Path(runs_dir) / job.run_dir, submission) - 1
+    result = run_job(job, runs_dir, data_root, teacher_ckpt, plugins, device=device,
+                     checkpoint_every=checkpoint_every)
+    return {**result, "retries": retries}
 
-    torch.set_num_threads(CPUS_PER_RAY_JOB)  # results are bitwise reproducible for a given thread count
-    return run_job(job, runs_dir, data_root, teacher_ckpt, plugins, device=device, checkpoint_every=checkpoint_every)
+
+def _count_attempt(folder: Path, submission: str) -> int:
+    """Note this attempt of a submission in the job's folder; return how many attempts it has had (1 = first)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ATTEMPTS_FILE, "a", encoding="utf-8") as fh:  # one short append: atomic enough per line
+        fh.write(f"{submission} {os.getpid()}\n")
+    lines = (folder / ATTEMPTS_FILE).read_text(encoding="utf-8").splitlines()
+    return sum(1 for line in lines if line.split(" ", 1)[0] == submission)
 
 
 def run_ray(jobs: list[Job], teachers: dict[str, Job], runs_dir: str | os.PathLike,
@@ -164,15 +186,19 @@ def run_ray(jobs: list[Job], teachers: dict[str, Job], runs_dir: str | os.PathLi
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
         share = 1.0 / (jobs_per_gpu or 1) if gpus else 0  # Ray's fractional GPUs: several jobs per GPU
-        task = ray.remote(num_cpus=CPUS_PER_RAY_JOB, num_gpus=share, max_retries=0)(_ray_job)
+        # Retried when its worker or node dies (not for a failed job: run_job returns those as results).
+        task = ray.remote(num_cpus=CPUS_PER_RAY_JOB, num_gpus=share, max_retries=RAY_MAX_RETRIES,
+                          retry_exceptions=False)(_ray_job)
+        submission = uuid.uuid4().hex[:12]
         runs_dir, data_root = os.path.abspath(runs_dir), (os.path.abspath(data_root) if data_root else None)
+        jobs = with_threads(jobs, CPUS_PER_RAY_JOB)
         refs: dict[str, Any] = {}
         pending = {}
         for job in jobs:
             teacher_ref = refs.get(job.teacher_id) if job.teacher_id else None
             ckpt = str(teacher_checkpoint(runs_dir, teachers[job.teacher_id])) if job.teacher_id else None
             refs[job.id] = task.remote(job, runs_dir, data_root, ckpt, tuple(plugins), teacher_ref, device,
-                                       checkpoint_every)
+                                       checkpoint_every, submission)
             pending[refs[job.id]] = job
             if on_start:
                 on_start(job)
@@ -181,8 +207,11 @@ def run_ray(jobs: list[Job], teachers: dict[str, Job], runs_dir: str | os.PathLi
             job = pending.pop(done[0])
             try:
                 yield ray.get(done[0])
-            except ray.exceptions.RayError as exc:  # worker died: record it as this job's failure
-                yield {"id": job.id, "run_dir": job.run_dir, "status": "failed", "error": f"Ray: {exc}"}
+            except ray.exceptions.RayError as exc:  # died on every attempt: record it as this job's failure
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                yield {"id": job.id, "run_dir": job.run_dir, "status": "failed", "retries": RAY_MAX_RETRIES,
+                       "error": f"Ray: {first} (its worker died on all {RAY_MAX_RETRIES + 1} attempts); rerun the "
+                                "same command to continue from its checkpoint"}
     finally:
         if started_here:
             ray.shutdown()

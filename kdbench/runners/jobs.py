@@ -21,15 +21,12 @@ def teacher_checkpoint(runs_dir: str | os.PathLike, teacher: Job) -> Path:
 def run_job(job: Job, runs_dir: str | os.PathLike, data_root: str | os.PathLike | None,
             teacher_ckpt: str | os.PathLike | None = None, plugins: tuple[str, ...] = (),
             on_epoch: Callable[[int, int, float], None] | None = None, device: str | None = None,
-            threads: int | None = None, checkpoint_every: float | None = None,
-            data_share: float | None = None) -> dict[str, Any]:
+            checkpoint_every: float | None = None, data_share: float | None = None) -> dict[str, Any]:
     """Train and evaluate one job; never raises for a failed job (the driver records the error).
 
-    `threads` sets torch's CPU threads (a worker process of a pool); `checkpoint_every` is in seconds;
+    Torch's CPU threads are the job's `cfg.threads` (runners/train.py); `checkpoint_every` is in seconds;
     `data_share` is this job's share of GPU memory for device-resident data (its GPU's share / jobs on it).
     """
-    import torch
-
     from kdbench.methods import load_plugin
     from kdbench.runners.checkpoints import DEFAULT_EVERY_S
     from kdbench.runners.environment import environment
@@ -39,8 +36,6 @@ def run_job(job: Job, runs_dir: str | os.PathLike, data_root: str | os.PathLike 
     try:
         for path in plugins:
             load_plugin(path)
-        if threads:
-            torch.set_num_threads(threads)  # CPU results are bitwise reproducible for a given thread count
         res = train(job.cfg, data_root, Path(runs_dir) / job.run_dir, teacher_ckpt, quiet=True,
                     on_epoch=on_epoch, device=device,
                     checkpoint_every=DEFAULT_EVERY_S if checkpoint_every is None else checkpoint_every,
@@ -49,7 +44,7 @@ def run_job(job: Job, runs_dir: str | os.PathLike, data_root: str | os.PathLike 
                       resumed_from=res.resumed_from,
                       skipped_steps=res.skipped_steps, device=device,
                       train_seconds=res.train_seconds, eval_seconds=res.eval_seconds,
-                      checkpoint=os.path.join(job.run_dir, CHECKPOINT))
+                      checkpoint=os.path.join(job.run_dir, CHECKPOINT), config=res.config.to_dict())
     except KdbenchError as exc:
         result.update(status="failed", error=str(exc))
     except Exception as exc:  # a plugin's bug must not stop the other jobs; keep where it happened

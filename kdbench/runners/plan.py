@@ -111,9 +111,11 @@ def make_plan(methods: list[str], scenes: list[SceneSpec], seeds: list[int], tea
                 jobs.append(teacher)
             for v in variants:
                 uses_teacher = get_method(v.name).needs_teacher
+                # The label is recorded in the config (config.json) too: a rebuilt store shows the same rows.
+                label = v.label if v.label != v.name else ""
                 cfg = make_config(spec.name, student_arch, preset, role="student", seed=seed, method=v.name,
                                   method_params=v.params, teacher_hash=teacher.id if uses_teacher else None,
-                                  teacher_arch=teacher_arch if uses_teacher else None,
+                                  teacher_arch=teacher_arch if uses_teacher else None, method_label=label,
                                   **_for_arch(overrides, student_arch))
                 jobs.append(Job("student", cfg, teacher.id if uses_teacher else None, v.label))
     return jobs

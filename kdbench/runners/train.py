@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from kdbench.methods.contract import check_taps, check_terms
 from kdbench.models import PoseNet, PoseOutput
 from kdbench.progress import make_progress
 from kdbench.runners.batches import make_batches
-from kdbench.runners.checkpoints import DEFAULT_EVERY_S, CheckpointPolicy, StopSignals, TrainingStopped
+from kdbench.runners.checkpoints import DEFAULT_EVERY_S, CheckpointPolicy, StopSignals, TrainingStopped, load_weights
 from kdbench.runners.device import pick_device, seed_everything
 from kdbench.runners.evaluate import evaluate
 from kdbench.runners.history import EpochLosses, HistoryLog
@@ -47,6 +48,7 @@ class TrainResult:
     resumed_from: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     skipped_steps: int = 0  # fp16 steps skipped by loss scaling
+    config: TrainConfig | None = None  # what trained, labels included (the thread count it ran with)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -69,11 +71,20 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_model(path: str | os.PathLike) -> tuple[PoseNet, TrainConfig]:
     """The PoseNet and config stored in a checkpoint."""
-    ckpt = load_checkpoint(path)
+    return model_from_checkpoint(load_checkpoint(path), path)
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> tuple[PoseNet, TrainConfig]:
+    """The PoseNet and config of a loaded checkpoint (one line when its weights do not fit its config)."""
     cfg = TrainConfig.from_dict(ckpt["config"])
     model = PoseNet(cfg.arch)
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt["model"], path, cfg.arch)
     return model, cfg
+
+
+def trained_data(ckpt: dict[str, Any]) -> str | None:
+    """The data fingerprint a checkpoint's model was trained on (its config's, or recorded beside it)."""
+    return (ckpt.get("config") or {}).get("data") or ckpt.get("data")
 
 
 def _to_device(x: torch.Tensor, pose: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, GroundTruth]:
@@ -106,12 +117,36 @@ def _teacher_batches(teacher: PoseNet, ds: PoseDataset, taps, device, batch_size
             yield teacher(x, taps=taps), gt
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Torch's CPU thread count set to `n` for the block (restored after: a caller's own count is kept)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def job_threads(cfg: TrainConfig, resume: dict[str, Any] | None) -> int:
+    """The CPU threads a job trains with: those its checkpoint recorded, else its config's, else torch's now.
+
+    CPU results are bitwise reproducible only for a fixed thread count: a resumed job keeps the count it
+    started with, whatever the rerun would choose.
+    """
+    recorded = (resume or {}).get("config", {}).get("threads")
+    return int(recorded or cfg.threads or torch.get_num_threads())
+
+
 def train(cfg: TrainConfig, data_root: str | os.PathLike | None, out_dir: str | os.PathLike,
           teacher_checkpoint: str | os.PathLike | None = None, quiet: bool = True, max_steps: int | None = None,
           device: str | None = None, on_epoch: Callable[[int, int, float], None] | None = None,
           checkpoint_every: float = DEFAULT_EVERY_S, data_path: str = "auto",
           data_share: float | None = None) -> TrainResult:
     """Train `cfg.arch` on `cfg.scene` with `cfg.method` in `cfg.precision`, then evaluate.
+
+    Runs with `job_threads` torch CPU threads (recorded in the config as `threads`) and restores the
+    caller's count after.
 
     Saves a checkpoint when `checkpoint_every` seconds passed since the last one, at the end, and on
     SIGINT/SIGTERM (then raises TrainingStopped). Resumes from `<out_dir>/checkpoint.pt` when it holds the
@@ -120,6 +155,18 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None, out_dir: str | 
     (default $KDBENCH_DEVICE_DATA_SHARE or 0.25). `max_steps` caps the optimiser steps per epoch (smoke tests).
     `on_epoch(epoch, epochs, loss)` reports progress to a caller that draws its own bars.
     """
+    ckpt_path = Path(out_dir) / CHECKPOINT
+    resume = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
+    threads = job_threads(cfg, resume)
+    with torch_threads(threads):
+        return _train(cfg.replace(threads=threads), resume, data_root, out_dir, teacher_checkpoint, quiet, max_steps,
+                      device, on_epoch, checkpoint_every, data_path, data_share)
+
+
+def _train(cfg: TrainConfig, resume: dict[str, Any] | None, data_root: str | os.PathLike | None,
+           out_dir: str | os.PathLike, teacher_checkpoint: str | os.PathLike | None, quiet: bool,
+           max_steps: int | None, device: str | None, on_epoch: Callable[[int, int, float], None] | None,
+           checkpoint_every: float, data_path: str, data_share: float | None) -> TrainResult:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT
@@ -127,6 +174,7 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None, out_dir: str | 
     seed_everything(cfg.seed)
 
     train_cache = load_split_cache(cfg.scene, data_root, "train", cfg.load_size, quiet)
+    data = cfg.data or _data_fingerprint(cfg, data_root)  # recorded in checkpoints (evaluate compares it)
     train_cache, train_rows, val_rows = _training_part(cfg, train_cache)
     train_ds = PoseDataset(train_cache, cfg.crop_size, train=True, normalize=cfg.normalize, seed=cfg.seed,
                            rows=train_rows)
@@ -135,11 +183,11 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None, out_dir: str | 
     method = create_method(cfg.method, cfg.method_params)
     policy = CheckpointPolicy(checkpoint_every)
 
-    resume = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
     if resume is not None and resume.get("hash") != cfg.hash():
         raise KdbenchError(f"{ckpt_path} belongs to another configuration (hash {resume.get('hash')}, this job "
                            f"{cfg.hash()}): delete the folder {out} (or, with `kdbench train`, choose another --out)")
     student = PoseNet(cfg.arch, weights=None if resume else cfg.weights, head_init=cfg.head_init).to(dev)
+    structure = _structure(student)  # a method's hooks may freeze modules, never replace one (checked below)
     teacher = _load_teacher(method, teacher_checkpoint, dev, cfg)
     pose_loss = PoseLoss(cfg.beta, cfg.learn_beta, form=cfg.pose_loss).to(dev)
 
@@ -152,6 +200,7 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None, out_dir: str | 
         method.setup(student(x0, taps=method.student_taps()),
                      teacher(x0, taps=method.teacher_taps()) if teacher is not None else None)
     method.to(dev)
+    _check_structure(cfg, student, structure, "setup()")
 
     params = list(student.parameters()) + list(method.parameters()) + list(pose_loss.parameters())
     optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
@@ -180,7 +229,7 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None, out_dir: str | 
         final = epoch == cfg.epochs
         state = {"model": student.state_dict(), "method": method.state_dict(), "pose_loss": pose_loss.state_dict(),
                  "epoch": epoch, "step": step, "history": history, "config": cfg.to_dict(), "hash": cfg.hash(),
-                 "arch": cfg.arch, "train_seconds": train_seconds + seconds}
+                 "arch": cfg.arch, "train_seconds": train_seconds + seconds, "data": data}
         if not final:  # a finished job is never resumed (other settings are another job): weights only
             state.update(optimizer=optimizer.state_dict(), scaler=precision.state_dict())
         if step:  # mid-epoch: where the epoch stands, so that resuming continues it exactly
@@ -226,7 +275,9 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None, out_dir: str | 
                 lr = epoch_lr(cfg.lr, cfg.lr_schedule, epoch, cfg.epochs)
                 for group in optimizer.param_groups:  # a function of (epoch, epochs): resume needs no state
                     group["lr"] = lr
-                _set_frozen(student, method.frozen(student, epoch, cfg.epochs))
+                frozen = method.frozen(student, epoch, cfg.epochs)
+                _check_structure(cfg, student, structure, "frozen()")
+                _set_frozen(student, frozen)
                 ctx = LossContext(pose_loss, epoch, cfg.epochs)
                 plans = train_ds.epoch_plans(cfg.batch_size, shuffle=True, epoch=epoch, drop_last=True)
                 plans = plans[:max_steps] if max_steps is not None else plans
@@ -251,6 +302,7 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None, out_dir: str | 
                         if stop.requested:
                             raise TrainingStopped(f"{stop.requested}: saved at epoch {epoch + 1}, step {step + 1}")
                 check_finite(epoch, losses)
+                _check_structure(cfg, student, structure, "loss()")
                 seconds = before + time.perf_counter() - t0
                 train_seconds += seconds
                 skipped = int(precision.skipped) - skipped_before
@@ -283,7 +335,37 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None, out_dir: str | 
     write_json_atomic(out / METRICS, metrics)
     skipped = sum(int(h.get("skipped_steps", 0)) for h in history)
     return TrainResult(out, ckpt_path, metrics, cfg.epochs, train_seconds, eval_seconds, start_epoch, history,
-                       skipped_steps=skipped)
+                       skipped_steps=skipped, config=cfg)
+
+
+def _data_fingerprint(cfg: TrainConfig, data_root: str | os.PathLike | None) -> str | None:
+    from kdbench.scenes.cache import data_fingerprint
+
+    try:
+        return data_fingerprint(cfg.scene, data_root, cfg.load_size)
+    except KdbenchError:  # the test split's cache is not built yet (a bare train() call)
+        return None
+
+
+def _structure(model: torch.nn.Module) -> list[tuple[str, str, int]]:
+    """Every module's name and type, every parameter's name and identity: what a method must not change."""
+    return [(n, type(m).__qualname__, 0) for n, m in model.named_modules()] + \
+        [(n, "parameter", id(p)) for n, p in model.named_parameters()]
+
+
+def _check_structure(cfg: TrainConfig, student: torch.nn.Module, before: list[tuple[str, str, int]],
+                     hook: str) -> None:
+    """A method that replaced a student layer trains parameters the optimiser never sees: fail the job."""
+    now = _structure(student)
+    if now == before:
+        return
+    was, have = {(n, k): t for n, k, t in before}, {(n, k): t for n, k, t in now}
+    changed = sorted({n for n, k in was.keys() ^ have.keys()} | {n for n, k in was.keys() & have.keys()
+                                                                  if was[n, k] != have[n, k]})
+    raise KdbenchError(f"method {cfg.method!r} changed the student's modules in {hook} ({', '.join(changed[:3])}"
+                       f"{' ...' if len(changed) > 3 else ''}): a method may name student modules to freeze "
+                       "(frozen() returns their names) and build its own modules in setup(), but never replace, "
+                       "add or remove the student's; the job is failed, not recorded")
 
 
 def _training_part(cfg: TrainConfig, cache: SplitCache) -> tuple[SplitCache, np.ndarray | None, np.ndarray | None]:

@@ -9,6 +9,13 @@ for each cache file its byte size plus a checksum: a full sha256 for the small f
 A cache is reused only when sources, labels and settings match and every cache file has its recorded
 size and checksum; a damaged one (truncated, missing, edited) is rebuilt with a message saying why.
 
+Every source image's content is hashed when the cache is built (the bytes that are decoded; decoding costs
+far more, see benchmarks/bench_cache_verify.py). On reuse a source image whose inode change time (ctime)
+differs from the one recorded is hashed again and compared: an image replaced with the same size and mtime
+(`cp -p`, `touch -r`, an editor that keeps times) still gets a new ctime, which no user call can set back,
+so it rebuilds the cache. Unchanged files are not read; after a copy of the data root (every ctime new)
+each image is hashed once and the new ctimes are recorded where the manifest is writable.
+
 Every image of a split must share one size and one 8-bit mode (the most common one); an image that
 differs is refused by name, rather than stretched into the split's size or clipped to white (16-bit).
 
@@ -39,7 +46,7 @@ import numpy as np
 from PIL import Image
 
 from kdbench.errors import KdbenchError
-from kdbench.fileio import atomic_dir
+from kdbench.fileio import atomic_dir, write_json_atomic
 from kdbench.progress import console, make_progress
 from kdbench.scenes.catalog import SceneSpec, get_scene, scene_dir, scene_lock
 from kdbench.scenes.readers import SPLITS, Frame, read_split
@@ -74,6 +81,36 @@ class SplitCache:
 def cache_path(scene_root: Path, split: str, load_size: int) -> Path:
     """Folder of one split's cache inside a scene folder."""
     return Path(scene_root) / CACHE_DIRNAME / f"{split}-{load_size}"
+
+
+def _ctimes(root: Path, sources: list[list]) -> list[int]:
+    return [(root / rel).stat().st_ctime_ns for rel, *_ in sources]
+
+
+def _file_digest(path: Path) -> str:
+    """blake2b of a source file's bytes, as `_decode` takes it."""
+    return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+
+
+def _replaced_source(path: Path, m: dict, sources: list[list]) -> str | None:
+    """The first source image whose content changed behind an unchanged size and mtime (None: none did).
+
+    Only files whose ctime moved since it was recorded are read; the ctimes found sound are recorded.
+    """
+    root = path.parent.parent  # <scene>/.kdbench-cache/<split>-<size>
+    now = _ctimes(root, sources)
+    known = m.get("ctimes") if isinstance(m.get("ctimes"), list) and len(m["ctimes"]) == len(now) else [None] * len(now)
+    digests = m.get("digests") or []
+    moved = [i for i, (a, b) in enumerate(zip(known, now)) if a != b]
+    for i in moved:
+        if i >= len(digests) or _file_digest(root / sources[i][0]) != digests[i]:
+            return sources[i][0]
+    if moved:
+        try:  # best effort: a read-only data root hashes them again next time
+            write_json_atomic(path / "manifest.json", {**m, "ctimes": now})
+        except (OSError, KdbenchError):
+            pass
+    return None
 
 
 def _source_list(frames: list[Frame], root: Path) -> list[list]:
@@ -144,6 +181,9 @@ def _reuse_problem(path: Path, sources: list[list], poses: np.ndarray, load_size
         return "stale", "the source images changed"
     if m.get("poses_sha256") != _poses_digest(poses):
         return "stale", "the labels changed"
+    replaced = _replaced_source(path, m, sources)
+    if replaced is not None:
+        return "stale", f"the content of {replaced} changed (same size and modification time)"
     for name, rec in m["files"].items():
         f = path / name
         if not f.is_file():
@@ -272,6 +312,7 @@ def _remove_orphans(cache_root: Path, quiet: bool) -> None:
 
 def _build(path: Path, frames: list[Frame], sources: list[list], poses: np.ndarray, load_size: int,
            label: str, quiet: bool) -> None:
+    ctimes = _ctimes(path.parent.parent, sources)  # before reading: a file replaced meanwhile is checked later
     source = _check_images(frames, label)
     w, h = _target_size(source[0], load_size)
     _check_space(path, len(frames) * h * w * 3, label)
@@ -298,7 +339,8 @@ def _build(path: Path, frames: list[Frame], sources: list[list], poses: np.ndarr
             files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256_file(tmp / name)}
         manifest = {"version": CACHE_VERSION, "load_size": load_size, "size": [h, w], "n": len(frames),
                     "source_size": list(source[0]), "source_mode": source[1], "sources": sources,
-                    "digests": digests, "poses_sha256": _poses_digest(poses), "files": files}
+                    "digests": digests, "ctimes": ctimes,
+                    "poses_sha256": _poses_digest(poses), "files": files}
         manifest["fingerprint"] = _split_fingerprint(manifest)
         (tmp / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
 
