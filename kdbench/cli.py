@@ -227,10 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "on CPU, jobs at once, 2 by default)")
     p.add_argument("--rebuild-store", action="store_true",
                    help="move a damaged results store aside and rebuild it from the run folders first")
+    p.add_argument("--hparams", default=None, metavar="TUNED.toml",
+                   help="train the values `kdbench tune` chose (its tuned.toml) for every row it tuned; "
+                        "NAME:tuned in --methods adds such a row beside the others (file default RUNS_DIR/tuned.toml)")
     _add_training_args(p)
     _add_method_args(p)
     _add_data_root(p)
     _add_quiet(p)
+    _add_tune_parser(sub, p)
 
     p = sub.add_parser("runs", help="list jobs in the results store")
     p.add_argument("--runs-dir", default="runs", help="runs folder holding results.sqlite")
@@ -281,12 +285,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_tune_parser(sub: argparse._SubParsersAction, run: argparse.ArgumentParser) -> None:
+    """`kdbench tune`: run's options (copied, own defaults) plus the search's."""
+    import copy
+
+    p = sub.add_parser("tune", help="search every row's hyperparameters on the validation split (Optuna), "
+                       "equal trials per row; writes tuned.toml")
+    for action in run._actions:
+        if action.option_strings and action.dest not in ("help", "config", "dry_run", "rebuild_store", "hparams"):
+            p._add_action(copy.copy(action))  # argparse has no public way to share options between parsers
+    p.set_defaults(methods="baseline,sckd", scenes="SynthRoom", seeds="1")
+    p.add_argument("--trials", type=int, default=4, help="trials per row and scene group (every row the same)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler (TPE): the same seed picks the same values")
+    p.add_argument("--study", default="tune", help="study name: RUNS_DIR/tune/STUDY.sqlite (resumed when it exists)")
+    p.add_argument("--prune", action="store_true", help="Optuna median pruning after each scene of a group")
+    p.add_argument("--select", default="group", choices=["group", "scene"],
+                   help="choose once per scene group (geometric mean over its scenes) or per scene")
+    p.add_argument("--out", default=None, help="tuned file to write (default RUNS_DIR/tuned.toml)")
+
+
 # command -> (module, function). Modules are imported only when their command runs: `profile --onnx`
 # must work where only onnxruntime is installed, so nothing on its path may import torch.
 _HANDLERS = {
     "train": ("kdbench.runners.commands", "cmd_train"),
     "evaluate": ("kdbench.runners.commands", "cmd_evaluate"),
     "run": ("kdbench.runners.commands", "cmd_run"),
+    "tune": ("kdbench.runners.tune", "cmd_tune"),
     "runs": ("kdbench.runners.commands", "cmd_runs"),
     "methods": ("kdbench.methods.commands", "cmd_methods"),
     "report": ("kdbench.reports.commands", "cmd_report"),

@@ -25,7 +25,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")  # what a job trains in; "auto" is resolve
 # when its method is registered.
 LEGACY_DEFAULTS: dict[str, Any] = {"eval_split": "test", "teacher_seed": None, "val_rule": None}
 LEGACY_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {}
-LABEL_FIELDS: tuple[str, ...] = ("preset", "method_label", "threads")
+LABEL_FIELDS: tuple[str, ...] = ("preset", "method_label", "threads", "tuning")
 EVAL_SPLITS = ("test", "val")  # test: train on train, score on test; val: train on train minus val, score on val
 
 
@@ -156,6 +156,8 @@ class TrainConfig:
     # ("sckd:alpha=0"; empty: the method's name), and the torch CPU thread count the job trained with.
     method_label: str = ""
     threads: int | None = None
+    # Label: how the hyperparameters were chosen ("tuned on validation, 20 trials"; empty: the defaults).
+    tuning: str = ""
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "load_size", "crop_size"):

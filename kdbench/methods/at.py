@@ -16,7 +16,7 @@ from kdbench.models import PoseOutput
 class AT(LayersMethod):
     description = "attention transfer (Zagoruyko 2017): L_gt + w sum MSE(normalize(mean_c f_s^2), ... f_t^2)"
     hparams = {
-        "w": HParam(1000.0, "float", "weight of the attention term"),
+        "w": HParam(1000.0, "float", "weight of the attention term", search=(10.0, 1e5, "log")),
         "layers": HParam(("layer1", "layer2", "layer3", "layer4"), "layers", "feature-map layers (not pool/embed)"),
     }
 

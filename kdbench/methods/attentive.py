@@ -53,7 +53,8 @@ class Attentive(Method):
     description = ("M.U's KD (Saputra 2019): imitation and hints weighted by the teacher's per-sample "
                    "error, two-stage or joint")
     hparams = {
-        "alpha": HParam(0.5, "float", "AIL: weight of L_gt; 1 - alpha weighs the attentive imitation"),
+        "alpha": HParam(0.5, "float", "AIL: weight of L_gt; 1 - alpha weighs the attentive imitation",
+                        search=(0.1, 0.9, "linear")),
         "hint_layer": HParam(("layer4",), "layers", "AHT: the one hint layer (stage 1 trains up to it)"),
         "schedule": HParam("two-stage", "str", "two-stage: L_aht then L_ail (the paper); joint: "
                            "L_ail + w_aht L_aht", choices=("two-stage", "joint")),
@@ -61,7 +62,7 @@ class Attentive(Method):
                          "epochs = 1)"),
         "stage2": HParam("all", "str", "two-stage: what trains in stage 2: all (FitNets) or after-hint "
                          "(the paper: stage 1's layers frozen)", choices=("all", "after-hint")),
-        "w_aht": HParam(100.0, "float", "joint: weight of L_aht"),
+        "w_aht": HParam(100.0, "float", "joint: weight of L_aht", search=(1.0, 1e4, "log")),
         "phi_clamp": HParam(True, "bool", "clamp Phi = 1 - e/eta to [0, 1] (the paper's can go negative)"),
         "adaptor": ADAPTOR_HPARAM,
     }

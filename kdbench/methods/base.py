@@ -20,7 +20,7 @@ SCKD_MODULE_NUMBERS = {str(i + 1): name for i, name in enumerate(TAPS[:6])}
 
 @dataclass(frozen=True)
 class HParam:
-    """One hyperparameter: default, type ("float" | "int" | "bool" | "str" | "layers"), help, choices."""
+    """One hyperparameter: default, type ("float" | "int" | "bool" | "str" | "layers"), help, choices, search."""
 
     default: Any
     type: str
@@ -29,6 +29,13 @@ class HParam:
     # True for a parameter added after results were stored: its default must reproduce what the method did
     # before it existed, and at that default it is left out of the job's identity (config.LEGACY_*).
     added_later: bool = False
+    # The range `kdbench tune` searches: (low, high, "log" | "linear" | "int"); None: not tuned. Not a value
+    # of the method, so never part of a job's identity.
+    search: tuple[float, float, str] | None = None
+
+    def __post_init__(self):
+        if self.search is not None:
+            check_search(self.search, f"hyperparameter ({self.help[:40]!r})", self.type)
 
     def parse(self, value: Any, where: str) -> Any:
         """Convert a value (often a string from --set) to this parameter's type, or raise a clear error."""
@@ -65,6 +72,30 @@ class HParam:
         if self.choices and out not in self.choices:
             raise KdbenchError(f"{where}: {out!r} is not one of {', '.join(self.choices)}")
         return out
+
+
+SEARCH_SCALES = ("log", "linear", "int")
+
+
+def check_search(search: object, where: str, type_: str = "float") -> tuple[float, float, str]:
+    """A search range (low, high, scale) checked: numeric bounds, low < high, a log range above 0."""
+    if not (isinstance(search, (tuple, list)) and len(search) == 3 and search[2] in SEARCH_SCALES
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in search[:2])):
+        raise KdbenchError(f"{where}: search={search!r} must be (low, high, scale) with scale one of "
+                           f"{', '.join(SEARCH_SCALES)}, e.g. search=(1.0, 10000.0, 'log')")
+    low, high, scale = search
+    if type_ not in ("float", "int"):
+        raise KdbenchError(f"{where}: search={search!r} on a {type_} hyperparameter: only float and int ones "
+                           "are searched; drop search= or make it numeric")
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise KdbenchError(f"{where}: search={search!r} has low >= high: write it as (low, high, {scale!r}) "
+                           f"with low < high, e.g. search=({min(low, high)!r}, {max(low, high)!r}, {scale!r})")
+    if scale == "log" and low <= 0:
+        raise KdbenchError(f"{where}: search={search!r} is a log range through 0: a log range needs low > 0 "
+                           f"(e.g. ({high / 1e4!r}, {high!r}, 'log')), or use 'linear'")
+    if (scale == "int" or type_ == "int") and not (float(low).is_integer() and float(high).is_integer()):
+        raise KdbenchError(f"{where}: search={search!r} on integers needs whole-number bounds")
+    return float(low), float(high), scale
 
 
 class GroundTruth(NamedTuple):

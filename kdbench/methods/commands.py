@@ -27,6 +27,9 @@ def format_value(value: object) -> str:
 def format_hparam(key: str, hp: HParam) -> list[str]:
     """One hyperparameter: name, type, default, then its help wrapped under it."""
     help_text = hp.help + (f" [{' | '.join(hp.choices)}]" if hp.choices else "")
+    if hp.search:
+        low, high, scale = hp.search
+        help_text += f" (tune: {low:g}..{high:g} {scale})"
     default = format_value(hp.default)
     head = f"    {key:<14} {hp.type:<7} {default:<11} "
     indent = " " * HELP_COLUMN
@@ -61,6 +64,8 @@ def format_method(name: str, cls: type[Method]) -> list[str]:
             lines += format_hparam(key, hp)
     else:
         lines.append("    (no hyperparameters)")
+    if not any(hp.search for hp in cls.hparams.values()):
+        lines.append("    (no search space: `kdbench tune` searches its learning rate only)")
     return lines
 
 
@@ -72,7 +77,9 @@ def methods_text() -> str:
     footer = ("Override with --set METHOD.KEY=VALUE, e.g. --set sckd.sigma=50 --set sckd.sc_layers=3,4\n"
               "Variants are rows of their own: kdbench run --methods baseline,sckd,sckd:sigma=0,sckd:alpha=0\n"
               "  (NAME:KEY=VALUE[:KEY=VALUE...]; list values joined with +, e.g. sckd:sc_layers=layer2+layer3)\n"
-              "Groups for --methods:\n" + groups)
+              "Groups for --methods:\n" + groups + "\n"
+              "kdbench tune searches each method's (tune: ...) ranges and, for every row, the learning rate "
+              "(the preset's / 10 .. x 10, log)")
     return "\n\n".join(blocks + [footer])
 
 

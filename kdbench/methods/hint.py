@@ -28,7 +28,8 @@ class Hint(LayersMethod):
     description = ("FitNet hints as RepDistiller: L_gt + w MSE(r(f_s), f_t) at layer2, r = trained ConvReg "
                    "(conv + BN + ReLU)")
     hparams = {
-        "w": HParam(100.0, "float", "weight of the hint term (RepDistiller's -b 100)"),
+        "w": HParam(100.0, "float", "weight of the hint term (RepDistiller's -b 100)",
+                    search=(1.0, 1e4, "log")),
         "layers": HParam(("layer2",), "layers", "hint layers (names or SCKD's numbers 1-6); RepDistiller's "
                          "hint_layer 2 = layer2"),
         "adaptor": HParam("conv-bn", "str", ADAPTOR_HELP, choices=ADAPTORS),

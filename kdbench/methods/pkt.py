@@ -15,7 +15,8 @@ from kdbench.models import PoseOutput
 class PKT(LayersMethod):
     description = "probabilistic KT (Passalis 2018): L_gt + w KL of row-normalised [0, 1] cosine kernels"
     hparams = {
-        "w": HParam(30000.0, "float", "weight of the PKT term (the reference code's)"),
+        "w": HParam(30000.0, "float", "weight of the PKT term (the reference code's)",
+                    search=(100.0, 1e6, "log")),
         "layers": HParam(("pool",), "layers", "tapped layers, flattened per sample"),
     }
 

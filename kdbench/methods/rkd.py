@@ -15,8 +15,8 @@ from kdbench.models import PoseOutput
 class RKD(LayersMethod):
     description = "relational KD (Park 2019): L_gt + w_d smooth-L1(distances) + w_a smooth-L1(angles)"
     hparams = {
-        "w_d": HParam(25.0, "float", "weight of the distance term"),
-        "w_a": HParam(50.0, "float", "weight of the angle term"),
+        "w_d": HParam(25.0, "float", "weight of the distance term", search=(1.0, 1000.0, "log")),
+        "w_a": HParam(50.0, "float", "weight of the angle term", search=(1.0, 1000.0, "log")),
         "layers": HParam(("pool",), "layers", "tapped layers, flattened per sample"),
     }
 

@@ -41,8 +41,10 @@ class SCKD(Method):
     description = ("self-cross similarity KD: L_gt + sigma sum D(c_t, c_s) + alpha sum MSE(r(f_s), f_t), "
                    "c_i = cos(S_F[i], S_P[i])")
     hparams = {
-        "sigma": HParam(100.0, "float", "weight of the self-cross similarity term (0: hint only)"),
-        "alpha": HParam(100.0, "float", "weight of the hint term (0 or no hint layers: SC only)"),
+        "sigma": HParam(100.0, "float", "weight of the self-cross similarity term (0: hint only)",
+                        search=(1.0, 1e4, "log")),
+        "alpha": HParam(100.0, "float", "weight of the hint term (0 or no hint layers: SC only)",
+                        search=(1.0, 1e4, "log")),
         "sc_layers": HParam(("layer2",), "layers", "self-cross similarity layers (SCKD's SCmodule: 3)"),
         "hint_layers": HParam(("layer4",), "layers", "hint layers (SCKD's hintmodule: 5)"),
         "divergence": HParam("kl", "str", "kl: KL(softmax(c_t) || softmax(c_s)); mse: MSE(c_s, c_t)",

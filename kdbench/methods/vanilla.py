@@ -13,7 +13,8 @@ from kdbench.models import PoseOutput
 @register_method("vanilla")
 class Vanilla(Method):
     description = "regression KD: alpha L_gt + (1 - alpha) mean_i l(p_s_i, p_t_i), imitating the teacher"
-    hparams = {"alpha": HParam(0.5, "float", "weight of the ground-truth term; 1 - alpha weighs imitation")}
+    hparams = {"alpha": HParam(0.5, "float", "weight of the ground-truth term; 1 - alpha weighs imitation",
+                                search=(0.1, 0.9, "linear"))}
 
     def __init__(self, **params):
         super().__init__(**params)

@@ -211,8 +211,12 @@ def plan_benchmark(methods: str | list[str] = "all", scenes: str | list[str] = "
                    seeds: str | int | list[int] = 1, teacher_arch: str = "resnet34", student_arch: str = "resnet18",
                    preset: str = "quick", sets: list[str] | None = None, plugins: list[str] | None = None,
                    executor: str = "local", data_root: str | os.PathLike | None = None,
-                   **overrides: Any) -> BenchmarkPlan:
-    """The plan of a run (shared by the run itself and `--dry-run`): validates every argument, trains nothing."""
+                   planner: Any = None, **overrides: Any) -> BenchmarkPlan:
+    """The plan of a run (shared by the run itself and `--dry-run`): validates every argument, trains nothing.
+
+    `planner(specs, seeds, teacher_arch, student_arch, preset, sets, **overrides) -> jobs` replaces
+    make_plan of `methods` (tuning trials, tuned rows: kdbench.runners.tune and .tuned).
+    """
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if "weights" in overrides:
         overrides["weights"] = parse_weights(overrides["weights"])
@@ -223,8 +227,12 @@ def plan_benchmark(methods: str | list[str] = "all", scenes: str | list[str] = "
     if executor not in EXECUTORS:
         raise KdbenchError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
     specs = resolve_scenes(scenes)
-    jobs = make_plan(parse_methods(methods), specs, parse_seeds(seeds), teacher_arch, student_arch, preset,
-                     parse_set_args(sets), **overrides)
+    if planner is not None:
+        jobs = planner(specs, parse_seeds(seeds), teacher_arch, student_arch, preset, parse_set_args(sets),
+                       **overrides)
+    else:
+        jobs = make_plan(parse_methods(methods), specs, parse_seeds(seeds), teacher_arch, student_arch, preset,
+                         parse_set_args(sets), **overrides)
     load_size = overrides.get("load_size") or get_preset(preset).load_size
     jobs = with_data(jobs, {s.name: _known_fingerprint(s, data_root, load_size) for s in specs})
     frames = {s.name: frame_counts(s, data_root) for s in specs}

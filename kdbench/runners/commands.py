@@ -222,6 +222,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                    **{f"{r}_{k}": getattr(args, f"{r}_{k}") for r in ROLES for k in ROLE_FIELDS},
                    compile=args.compile or None, device=args.device, precision=args.precision,
                    jobs_per_gpu=args.jobs_per_gpu, checkpoint_every=args.checkpoint_every)
+    from kdbench.runners.tuned import tuned_items, tuned_planner
+
+    items, tuned, hparams = tuned_items(args.methods, getattr(args, "hparams", None), args.runs_dir)
+    if hparams:  # rows trained with the values `kdbench tune` chose
+        options.update(methods=items, planner=tuned_planner(items, tuned, hparams))
     # The checks of the real run, before its first job (a dry run fetches no weights): the plan shows the
     # configs that will really train, and whatever the run would reject, the dry run rejects.
     plan = preflight_benchmark(**options, runs_dir=args.runs_dir, fetch=False)[0]

@@ -1,0 +1,193 @@
+"""tuned.toml: what `kdbench tune` chose, and `kdbench run --hparams FILE` / `--methods NAME:tuned` using it.
+
+The file has one table per row and scene group (or scene, with `kdbench tune --select scene`):
+
+    [rows."sckd".synthetic]
+    values = { sigma = 41.2, alpha = 310.0, lr = 0.0021 }
+    val_error = 0.231        # the chosen trial's validation error (geometric mean, see runners/tune.py)
+    trials = 20              # trials of this row's study: every row gets the same number
+    trial = 13               # the chosen trial's number in the study
+
+A tuned row trains the chosen values on the full training split and is scored on test, as every run is.
+With `--hparams FILE` every row the file tunes trains its tuned values under its own name (so the
+leaderboard compares tuned against tuned baseline); `NAME:tuned` in --methods adds a row of that name
+beside the others (e.g. `--methods baseline,sckd,sckd:tuned`), from --hparams or RUNS_DIR/tuned.toml.
+Either way the jobs record "tuned on validation, N trials" (TrainConfig.tuning) for the leaderboard.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from kdbench.errors import KdbenchError
+
+TUNED_SUFFIX = ":tuned"
+FORMAT = "kdbench-tuned-1"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "nan")
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    return json.dumps(str(value))  # a TOML basic string
+
+
+def choose(study, select: str, scenes: list[str]) -> dict[str, dict[str, Any]]:
+    """The chosen trial per group (key 'group') or per scene: lowest validation error of the complete trials."""
+    from optuna.trial import TrialState
+
+    from kdbench.runners.tune import counted
+
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    n = sum(counted(t) for t in study.get_trials(deepcopy=False))
+    if not complete:
+        return {}
+    if select == "group":
+        best = min(complete, key=lambda t: (t.value, t.number))
+        return {"group": {"values": dict(best.params), "val_error": best.value, "trials": n, "trial": best.number}}
+    out = {}
+    for scene in scenes:
+        scored = [t for t in complete if scene in t.user_attrs.get("scene_errors", {})]
+        if scored:
+            best = min(scored, key=lambda t: (t.user_attrs["scene_errors"][scene], t.number))
+            out[scene] = {"values": dict(best.params), "val_error": best.user_attrs["scene_errors"][scene],
+                          "trials": n, "trial": best.number}
+    return out
+
+
+def write_tuned(studies: dict[tuple[str, str], Any], path: str | os.PathLike, select: str, trials: int,
+                study: str, storage: Path | None = None, opts: Any = None, seed: int = 0) -> Path:
+    """Write the tuned file (atomically) from the studies of a tune; returns its path."""
+    from kdbench.fileio import write_text_atomic
+
+    lines = ["# written by `kdbench tune`: hyperparameters chosen on the validation split (never on test);",
+             "# use them with `kdbench run --hparams THIS_FILE` (or --methods NAME:tuned)",
+             "[meta]", f"format = {_toml_value(FORMAT)}", f"study = {_toml_value(study)}",
+             f"storage = {_toml_value(str(storage) if storage else '')}", f"selection = {_toml_value(select)}",
+             f"trials = {trials}", f"seed = {seed}", 'split = "val"']
+    if opts is not None:
+        lines += [f"preset = {_toml_value(opts.preset)}", f"seeds = {_toml_value(opts.seeds)}"]
+    lines.append("")
+    for (label, group), st in studies.items():
+        scenes = st.user_attrs.get("scenes", [])
+        for key, entry in choose(st, select, scenes).items():
+            where = group if key == "group" else key
+            lines += [f"[rows.{json.dumps(label)}.{json.dumps(where)}]",
+                      f"method = {_toml_value(st.user_attrs.get('method', label.split(':')[0]))}",
+                      f"values = {_toml_value(entry['values'])}", f"val_error = {_toml_value(entry['val_error'])}",
+                      f"trials = {entry['trials']}", f"trial = {entry['trial']}",
+                      f"scenes = {_toml_value(scenes if key == 'group' else [key])}", ""]
+    path = Path(path)
+    write_text_atomic(path, "\n".join(lines))
+    return path
+
+
+def read_tuned(path: str | os.PathLike) -> dict[str, dict[str, dict[str, Any]]]:
+    """rows -> {group or scene -> entry} of a tuned file, checked; errors name the file and the fix."""
+    from kdbench.runners.benchconfig import tomllib
+
+    path = Path(path)
+    if not path.is_file():
+        raise KdbenchError(f"tuned file {path} does not exist: run `kdbench tune` first (it writes "
+                           "RUNS_DIR/tuned.toml), or pass --hparams path/to/tuned.toml")
+    try:
+        with open(path, "rb") as fh:
+            doc = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise KdbenchError(f"{path} is not valid TOML: {exc}") from None
+    if doc.get("meta", {}).get("format") != FORMAT or not isinstance(doc.get("rows", {}), dict):
+        raise KdbenchError(f"{path} is not a tuned file written by `kdbench tune` (no [meta] format = "
+                           f"{FORMAT!r}): pass the tuned.toml that `kdbench tune` wrote")
+    rows = doc.get("rows", {})
+    for label, entries in rows.items():
+        for where, entry in entries.items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("values"), dict) or "lr" not in entry["values"]:
+                raise KdbenchError(f"{path}: [rows.{json.dumps(label)}.{json.dumps(where)}] has no values table "
+                                   "with an lr: rewrite the file with `kdbench tune`")
+    return rows
+
+
+def tuned_items(methods: str | list[str], hparams: str | os.PathLike | None,
+                runs_dir: str | os.PathLike) -> tuple[list[str], dict[str, str], Path | None]:
+    """(plain items, item -> row label, tuned file) of a run's --methods with --hparams and NAME:tuned items.
+
+    Returns no file when the run tunes nothing (then it plans as always).
+    """
+    from kdbench.methods.variants import split_items
+    from kdbench.runners.plan import parse_methods
+
+    items = split_items(methods) if isinstance(methods, str) else [i for m in methods for i in split_items(m)]
+    marked = [i for i in items if i.endswith(TUNED_SUFFIX)]
+    if not marked and not hparams:
+        return items, {}, None
+    path = Path(hparams) if hparams else Path(runs_dir) / "tuned.toml"
+    rows = read_tuned(path)
+    tuned: dict[str, str] = {}
+    plain: list[str] = []
+    for item in items:
+        if item.endswith(TUNED_SUFFIX):
+            base = parse_methods([item[: -len(TUNED_SUFFIX)]])[0]
+            if base not in rows:
+                raise KdbenchError(f"--methods {item}: {path} has no tuned row {base!r} (it tunes "
+                                   f"{', '.join(rows) or 'nothing'}): tune it with `kdbench tune --methods {base}`")
+            plain.append(base)
+            tuned[f"{base}{TUNED_SUFFIX}"] = base
+        else:
+            for canon in parse_methods([item]):
+                plain.append(canon)
+                if not marked and canon in rows:  # --hparams alone: every row the file tunes, under its own name
+                    tuned[canon] = canon
+    return list(dict.fromkeys(plain)), tuned, path
+
+
+def tuned_planner(items: list[str], tuned: dict[str, str], path: Path):
+    """A plan_benchmark planner: make_plan per scene, tuned rows with the file's values for that scene."""
+    from kdbench.methods.registry import get_method
+    from kdbench.runners.plan import make_plan
+
+    rows = read_tuned(path)
+    order = list(dict.fromkeys(items))
+
+    def planner(specs, seeds, teacher_arch, student_arch, preset, sets, **overrides):
+        jobs, seen = [], set()
+        for spec in specs:
+            for item in order:
+                labels = [lab for lab, base in tuned.items() if base == item] or [None]
+                for label in labels:
+                    name = item.split(":")[0]
+                    own = {k: v for k, v in sets.items() if k == name}
+                    part = make_plan([item], [spec], seeds, teacher_arch, student_arch, preset, own, **overrides)
+                    if label is not None:
+                        entry = rows[item].get(spec.name) or rows[item].get(spec.family)
+                        if entry is None:
+                            raise KdbenchError(f"{path}: row {item!r} was not tuned on {spec.name} or its group "
+                                               f"{spec.family} (tuned: {', '.join(rows[item])}): tune it there "
+                                               "first, or drop the scene")
+                        part = [_tuned_job(j, entry, label, get_method(name)) for j in part]
+                    for job in part:
+                        if job.id not in seen:
+                            seen.add(job.id)
+                            jobs.append(job)
+        return jobs
+
+    return planner
+
+
+def _tuned_job(job, entry: dict[str, Any], label: str, cls):
+    if job.kind == "teacher":
+        return job
+    values = dict(entry["values"])
+    params = {k: cls.hparams[k].parse(v, f"{cls.name}.{k}") for k, v in values.items() if k != "lr"}
+    note = f"tuned on validation, {entry.get('trials', '?')} trials"
+    cfg = job.cfg.replace(lr=float(values["lr"]), method_params={**job.cfg.method_params, **params}, tuning=note)
+    return replace(job, cfg=cfg, method_label=label if label != job.method else job.method_label)
