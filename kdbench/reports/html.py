@@ -25,7 +25,7 @@ import pandas as pd
 
 from kdbench.fileio import write_text_atomic
 from kdbench.reports import leaderboard as lb
-from kdbench.reports import stats
+from kdbench.reports import stats, tuning
 from kdbench.reports.stats import Significance
 from kdbench.reports.store import STORE_NAME
 
@@ -35,7 +35,8 @@ ENV_COLUMNS = {"jobs": "jobs", "kdbench_version": "kdbench", "git_commit": "git 
                "torch": "torch", "torchvision": "torchvision", "cuda": "CUDA", "device": "device",
                "hostname": "host", "platform": "platform"}
 PLOT_TITLES = (("cdf-", "cumulative distribution of the test errors"),
-               ("pareto-latency-", "accuracy against latency"), ("pareto-params-", "accuracy against parameters"))
+               ("pareto-latency-", "accuracy against latency"), ("pareto-params-", "accuracy against parameters"),
+               *tuning.PLOT_TITLES)
 
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto; padding: 1.5em;
@@ -259,6 +260,7 @@ def render_html(df: pd.DataFrame, profiles: pd.DataFrame, runs_dir: str | os.Pat
             "</p>", f"<nav>{nav}</nav>",
             f'<p class="caption">{_esc(lb.CAPTION if not acc.empty else "No finished runs to show.")}</p>']
     body += _accuracy_sections(acc, stats.analyse(df))
+    body += tuning.tuned_section_html(runs_dir, _esc)
     body += _efficiency_section(eff)
     body += _plots_section(images)
     body += _environment_section(environments(runs_dir, list(shown["id"])), len(shown))

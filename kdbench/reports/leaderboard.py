@@ -92,10 +92,13 @@ def load_results(runs_dir: str | os.PathLike, scenes: str | None = None, preset:
         have = {r[1] for r in store.conn.execute("PRAGMA table_info(jobs)")}
         split = "COALESCE(eval_split, 'test')" if "eval_split" in have else "'test'"  # older stores: all test
         jobs = pd.read_sql_query("SELECT id, kind, scene, method, arch, teacher_arch, seed, preset, status, "
-                                 f"error, run_dir, train_seconds, updated, {split} AS eval_split FROM jobs "
+                                 f"error, run_dir, train_seconds, updated, config, {split} AS eval_split FROM jobs "
                                  "ORDER BY created", store.conn)
         metrics = pd.read_sql_query("SELECT job_id, name, value FROM metrics", store.conn)
     jobs = jobs[jobs["eval_split"] == eval_split]
+    from kdbench.reports.tuning import with_tuning
+
+    jobs = with_tuning(jobs)  # "tuned on validation, N trials" where kdbench run --hparams trained the row
     if job_ids is not None:
         jobs = jobs[jobs["id"].isin(set(job_ids))]
     return select_preset(results_frame(jobs, metrics, scenes), preset)
@@ -209,6 +212,9 @@ def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
     acc = _add_change(acc, comparison)
     acc = _add_best(acc)
     acc["label"] = row_labels(acc)
+    from kdbench.reports.tuning import label_rows
+
+    acc["label"] = label_rows(acc, jobs)  # "(tuned on validation, N trials)" or "(defaults)"
     acc["_group"] = acc["group"].map(lambda g: list(GROUP_TITLES).index(g))
     acc["_scene"] = acc["scene"].map(lambda s: 10**6 if s == AVERAGE else _scene_rank(s))
     acc["_row"] = _row_order(acc)

@@ -252,6 +252,9 @@ def write_plots(df: pd.DataFrame, profiles: pd.DataFrame, out_dir: str | os.Path
     for group in dict.fromkeys(acc["group"]):
         written += _group_cd_diagrams(df, jobs, group, out)
         written += _group_tradeoffs(acc, eff, group, out)
+    from kdbench.reports.tuning import tuning_plots
+
+    written += tuning_plots(runs_dir, out)  # kdbench tune's studies, where the runs folder has any
     return written
 
 

@@ -224,9 +224,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                    jobs_per_gpu=args.jobs_per_gpu, checkpoint_every=args.checkpoint_every)
     from kdbench.runners.tuned import tuned_items, tuned_planner
 
-    items, tuned, hparams = tuned_items(args.methods, getattr(args, "hparams", None), args.runs_dir)
+    rows, hparams = tuned_items(args.methods, getattr(args, "hparams", None), args.runs_dir)
     if hparams:  # rows trained with the values `kdbench tune` chose
-        options.update(methods=items, planner=tuned_planner(items, tuned, hparams))
+        options.update(planner=tuned_planner(rows, hparams))
     # The checks of the real run, before its first job (a dry run fetches no weights): the plan shows the
     # configs that will really train, and whatever the run would reject, the dry run rejects.
     plan = preflight_benchmark(**options, runs_dir=args.runs_dir, fetch=False)[0]

@@ -118,10 +118,11 @@ def read_tuned(path: str | os.PathLike) -> dict[str, dict[str, dict[str, Any]]]:
 
 
 def tuned_items(methods: str | list[str], hparams: str | os.PathLike | None,
-                runs_dir: str | os.PathLike) -> tuple[list[str], dict[str, str], Path | None]:
-    """(plain items, item -> row label, tuned file) of a run's --methods with --hparams and NAME:tuned items.
+                runs_dir: str | os.PathLike) -> tuple[list[tuple[str, str | None]], Path | None]:
+    """The rows of a run's --methods as (canonical item, tuned row label or None), and the tuned file.
 
-    Returns no file when the run tunes nothing (then it plans as always).
+    With `--hparams` alone every row the file tunes is tuned under its own label; with NAME:tuned items
+    only those are (from --hparams, else RUNS_DIR/tuned.toml). No file: the run tunes nothing.
     """
     from kdbench.methods.variants import split_items
     from kdbench.runners.plan import parse_methods
@@ -129,55 +130,47 @@ def tuned_items(methods: str | list[str], hparams: str | os.PathLike | None,
     items = split_items(methods) if isinstance(methods, str) else [i for m in methods for i in split_items(m)]
     marked = [i for i in items if i.endswith(TUNED_SUFFIX)]
     if not marked and not hparams:
-        return items, {}, None
+        return [(i, None) for i in items], None
     path = Path(hparams) if hparams else Path(runs_dir) / "tuned.toml"
-    rows = read_tuned(path)
-    tuned: dict[str, str] = {}
-    plain: list[str] = []
+    tuned = read_tuned(path)
+    out: list[tuple[str, str | None]] = []
     for item in items:
         if item.endswith(TUNED_SUFFIX):
             base = parse_methods([item[: -len(TUNED_SUFFIX)]])[0]
-            if base not in rows:
+            if base not in tuned:
                 raise KdbenchError(f"--methods {item}: {path} has no tuned row {base!r} (it tunes "
-                                   f"{', '.join(rows) or 'nothing'}): tune it with `kdbench tune --methods {base}`")
-            plain.append(base)
-            tuned[f"{base}{TUNED_SUFFIX}"] = base
-        else:
-            for canon in parse_methods([item]):
-                plain.append(canon)
-                if not marked and canon in rows:  # --hparams alone: every row the file tunes, under its own name
-                    tuned[canon] = canon
-    return list(dict.fromkeys(plain)), tuned, path
+                                   f"{', '.join(tuned) or 'nothing'}): tune it with `kdbench tune --methods {base}`")
+            out.append((base, f"{base}{TUNED_SUFFIX}"))
+        else:  # --hparams alone: every row the file tunes, under its own name
+            out += [(c, c if not marked and c in tuned else None) for c in parse_methods([item])]
+    return list(dict.fromkeys(out)), path
 
 
-def tuned_planner(items: list[str], tuned: dict[str, str], path: Path):
-    """A plan_benchmark planner: make_plan per scene, tuned rows with the file's values for that scene."""
+def tuned_planner(rows_asked: list[tuple[str, str | None]], path: Path):
+    """A plan_benchmark planner: make_plan per scene and row, tuned rows with the file's values for that scene."""
     from kdbench.methods.registry import get_method
     from kdbench.runners.plan import make_plan
 
     rows = read_tuned(path)
-    order = list(dict.fromkeys(items))
 
     def planner(specs, seeds, teacher_arch, student_arch, preset, sets, **overrides):
         jobs, seen = [], set()
         for spec in specs:
-            for item in order:
-                labels = [lab for lab, base in tuned.items() if base == item] or [None]
-                for label in labels:
-                    name = item.split(":")[0]
-                    own = {k: v for k, v in sets.items() if k == name}
-                    part = make_plan([item], [spec], seeds, teacher_arch, student_arch, preset, own, **overrides)
-                    if label is not None:
-                        entry = rows[item].get(spec.name) or rows[item].get(spec.family)
-                        if entry is None:
-                            raise KdbenchError(f"{path}: row {item!r} was not tuned on {spec.name} or its group "
-                                               f"{spec.family} (tuned: {', '.join(rows[item])}): tune it there "
-                                               "first, or drop the scene")
-                        part = [_tuned_job(j, entry, label, get_method(name)) for j in part]
-                    for job in part:
-                        if job.id not in seen:
-                            seen.add(job.id)
-                            jobs.append(job)
+            for item, label in rows_asked:
+                name = item.split(":")[0]
+                own = {k: v for k, v in sets.items() if k == name}
+                part = make_plan([item], [spec], seeds, teacher_arch, student_arch, preset, own, **overrides)
+                if label is not None:
+                    entry = rows[item].get(spec.name) or rows[item].get(spec.family)
+                    if entry is None:
+                        raise KdbenchError(f"{path}: row {item!r} was not tuned on {spec.name} or its group "
+                                           f"{spec.family} (tuned: {', '.join(rows[item])}): tune it there "
+                                           "first, or drop the scene")
+                    part = [_tuned_job(j, entry, label, get_method(name)) for j in part]
+                for job in part:
+                    if job.id not in seen:
+                        seen.add(job.id)
+                        jobs.append(job)
         return jobs
 
     return planner
