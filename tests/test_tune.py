@@ -62,11 +62,6 @@ def test_every_row_gets_the_same_trials_and_only_validation_frames_are_scored(tu
     students = jobs[jobs["kind"] == "student"]
     lrs = students["config"].map(lambda c: c["lr"])
     assert lrs.nunique() == 4 and lrs.between(1e-4, 1e-2).all()  # the preset's 1e-3 / 10 .. x 10
-    import importlib.util
-
-    if importlib.util.find_spec("kdbench.scenes.validation") is None:  # until issue 17 point 1 is merged
-        pytest.xfail("eval_split='val' scores on the test split until the validation split (kdbench.scenes."
-                     "validation) exists")
     from kdbench.scenes import get_scene
     from kdbench.scenes.catalog import scene_dir
     from kdbench.scenes.readers import read_split

@@ -178,16 +178,10 @@ class TuneOptions:
 
 
 def split_identity() -> dict[str, Any]:
-    """What the trials are scored on: the validation split (its definition, where the config records one)."""
-    from dataclasses import fields as dc_fields
+    """What the trials are scored on: the validation split and the rule that carves it (scenes/validation.py)."""
+    from kdbench.scenes.validation import DEFAULT_RULE_KEY
 
-    from kdbench.config import TrainConfig
-
-    ident: dict[str, Any] = {"eval_split": "val"}
-    for f in dc_fields(TrainConfig):  # the validation split's own settings, where the config has them
-        if f.name.startswith("val_"):
-            ident[f.name] = f.default if not callable(f.default) else None
-    return ident
+    return {"eval_split": "val", "val_rule": DEFAULT_RULE_KEY}
 
 
 def load_or_create(storage, name: str, row: Row, group: str, scenes: list[str], opts: TuneOptions,
