@@ -74,7 +74,8 @@ def test_every_row_gets_the_same_trials_and_only_validation_frames_are_scored(tu
         assert images and not images & test_frames, run_dir
 
 
-def test_tuned_file_and_run_hparams_train_the_chosen_values_on_the_training_split(tuned, tiny_data_root, capsys):
+def test_tuned_file_and_run_hparams_train_the_chosen_values_on_the_training_split(tuned, tiny_data_root, capsys,
+                                                                                  tmp_path):
     from kdbench.runners.tuned import read_tuned
 
     rows = read_tuned(tuned / "tuned.toml")
@@ -99,6 +100,9 @@ def test_tuned_file_and_run_hparams_train_the_chosen_values_on_the_training_spli
     val_teacher = jobs[(jobs["kind"] == "teacher") & (jobs["config"].map(lambda c: c["eval_split"]) == "val")]
     vanilla = test_jobs[test_jobs["method"] == "vanilla"].iloc[0]
     assert vanilla.config["teacher_hash"] != val_teacher["id"].iloc[0]  # learns from the full-split teacher
+    assert main(["report", "--runs-dir", str(tuned), "--format", "html", "--out", str(tmp_path / "site")]) == 0
+    page = (tmp_path / "site" / "index.html").read_text(encoding="utf-8")
+    assert "Tuned hyperparameters" in page and f"alpha={rows['vanilla']['synthetic']['values']['alpha']:.4g}" in page
 
 
 def test_same_seed_same_values_and_an_interrupted_tune_resumes_without_repeating(tuned, tiny_data_root,

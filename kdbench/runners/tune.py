@@ -379,7 +379,7 @@ def tune(methods: str | list[str] = DEFAULTS["methods"], scenes: str | list[str]
          study: str = DEFAULT_STUDY, prune: bool = False, select: str = "group",
          out: str | os.PathLike | None = None, seeds: str | int | list[int] = 1, **options: Any) -> TuneResult:
     """Tune every row on every scene group with `trials` trials each, then write the tuned file."""
-    from kdbench.config import get_preset
+    from kdbench.config import make_config
     from kdbench.methods import load_plugin, parse_set_args
     from kdbench.reports.store import check_runs_dir
     from kdbench.runners.plan import parse_methods, parse_seeds
@@ -406,7 +406,11 @@ def tune(methods: str | list[str] = DEFAULTS["methods"], scenes: str | list[str]
 
     opts.overrides["precision"] = resolve_precision(opts.overrides.get("precision", "auto"), opts.device)
     check_runs_dir(runs_dir)
-    rows = row_spaces(parse_methods(methods), parse_set_args(opts.sets), get_preset(opts.preset).lr)
+    # the learning rate the students would train with (the preset's, or --lr / --student-lr) centres its range
+    lr_keys = {k: opts.overrides[k] for k in ("lr", "student_lr") if k in opts.overrides}
+    base_lr = make_config(resolve_scenes(scenes)[0].name, opts.student_arch, opts.preset, role="student",
+                          **lr_keys).lr
+    rows = row_spaces(parse_methods(methods), parse_set_args(opts.sets), base_lr)
     groups = scene_groups(resolve_scenes(scenes))
     path = study_path(runs_dir, study)
     storage = open_storage(path)
@@ -471,13 +475,18 @@ def cmd_tune(args: Any) -> int:
     """`kdbench tune`: check --trials first, tune, print where the studies and the tuned file are."""
     check_trials(args.trials)
     _optuna()
+    from kdbench.config import ROLE_FIELDS, ROLES
+    from kdbench.runners.commands import preset_overrides
+
     res = tune(methods=args.methods, scenes=args.scenes, trials=args.trials, seed=args.seed, runs_dir=args.runs_dir,
                study=args.study, prune=args.prune, select=args.select, out=args.out, seeds=args.seeds,
                teacher_arch=args.teacher_arch, student_arch=args.student_arch, preset=args.preset, sets=args.sets,
                plugins=args.plugin, executor=args.executor, address=args.address, data_root=args.data_root,
                device=args.device, jobs_per_gpu=args.jobs_per_gpu, checkpoint_every=args.checkpoint_every,
                quiet=args.quiet, epochs=args.epochs, batch_size=args.batch_size, load_size=args.load_size,
-               crop_size=args.crop, weights=args.weights, precision=args.precision, compile=args.compile or None)
+               crop_size=args.crop, weights=args.weights, lr=args.lr, beta=args.beta, **preset_overrides(args),
+               **{f"{r}_{k}": getattr(args, f"{r}_{k}") for r in ROLES for k in ROLE_FIELDS},
+               precision=args.precision, compile=args.compile or None)
     print(tune_summary(res))
     return 0
 
