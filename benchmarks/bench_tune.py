@@ -64,7 +64,7 @@ def main() -> None:
     table = []
     for rows, trials_n, scenes, seeds in ((2, args.trials, 1, 1), (5, 20, 2, 1), (5, 20, 2, 3)):
         students = rows * trials_n * scenes * seeds
-        seconds = students * p.student_epochs * s_epoch + scenes * seeds * p.teacher_epochs * t_epoch  # noqa: E501
+        seconds = students * p.student_epochs * s_epoch + scenes * seeds * p.teacher_epochs * t_epoch
         table.append([rows, trials_n, scenes, seeds, students, f"{seconds / 60:.0f} min (estimated)"])
     print("\nEstimated cost of a tune at the quick preset on this machine (student jobs x epochs x measured "
           "s/epoch, plus one teacher per scene and seed):")
