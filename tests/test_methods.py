@@ -334,9 +334,27 @@ def test_rkd_pkt_at_match_loops(batch):
     m = create_method("at", {"layers": "layer2,layer4"})
     m.setup(s, t)
     assert_terms(m.loss(s, t, gt, ctx()), {"gt": ref_gt(s, gt), "attention": 1000 * at})
+    # Maps of different sizes: the larger is average-pooled to the smaller, as RepDistiller's at_loss does.
     small = PoseOutput(t.xyz, t.q, {**t.features, "layer2": t.features["layer2"][:, :, :2, :2]})
-    with pytest.raises(KdbenchError, match="differ in size"):
-        m.setup(s, small)
+    fs2 = np_(s.features["layer2"])
+    b, c, h, w = fs2.shape
+    assert h % 2 == 0 and w % 2 == 0 and h > 2
+    pooled = fs2.reshape(b, c, 2, h // 2, 2, w // 2).mean(axis=(3, 5))
+    at_small = ref_at(pooled, np_(small.features["layer2"])) + ref_at(np_(s.features["layer4"]), ft4)
+    assert_terms(m.loss(s, small, gt, ctx()), {"gt": ref_gt(s, gt), "attention": 1000 * at_small})
+
+
+def test_pkt_zeroes_nan_features_as_the_reference_does(batch):
+    """RepDistiller's PKT sets NaN entries of the normalised features to 0 (a 0/0 row with eps = 0)."""
+    from kdbench.methods.functional import pkt
+
+    s, t, _ = batch
+    fs, ft = s.features["pool"].clone(), t.features["pool"].clone()
+    fs[0] = float("nan")
+    got = pkt(fs, ft)
+    zeroed = np_(fs).copy()
+    zeroed[0] = 0.0  # what e[e != e] = 0 leaves of that row
+    assert torch.isfinite(got) and float(got) == pytest.approx(ref_pkt(zeroed, np_(ft)), rel=1e-5)
 
 
 def test_sc_divergence_takes_the_teacher_as_target():
@@ -347,6 +365,17 @@ def test_sc_divergence_takes_the_teacher_as_target():
     assert float(sc_divergence(c_s, c_t, "kl")) == pytest.approx(kl / 6, rel=1e-9)  # batchmean: / b
     assert abs(kl - ref_kl(np_(c_s), np_(c_t))) > 1e-3  # KL is asymmetric: the reverse differs
     assert float(sc_divergence(c_t, c_t, "kl")) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_sc_divergence_resolves_the_tiny_kl_of_sckds_defaults():
+    """At SCKD's defaults L_sc is 1e-7 to 1e-10: computed in float32 it would be rounding noise."""
+    gen = torch.Generator().manual_seed(5)
+    c_t = torch.rand(32, generator=gen) * 0.5 + 0.5
+    c_s = c_t + 1e-4 * torch.randn(32, generator=gen)
+    exact = ref_kl(np_(c_t), np_(c_s), "batchmean")
+    got = sc_divergence(c_s, c_t, "kl")
+    assert got.dtype == torch.float32  # the value is float32 again, it was computed in float64
+    assert 0 < exact < 1e-8 and float(got) == pytest.approx(exact, rel=1e-4)
 
 
 def test_relational_losses_run_in_float32_under_autocast():

@@ -46,8 +46,8 @@ def teacher_ckpt(tiny_data_root, tmp_path_factory) -> Path:
     ("attentive", {"adaptor": "conv-bn"}, {"eta", "adaptors.layer4.0.weight", "adaptors.layer4.1.running_mean"}),
     ("attentive", {"schedule": "joint", "hint_layer": "pool", "adaptor": "conv"}, {"eta", "adaptors.pool.0.weight"}),
     ("similarity", {"layers": "layer2,layer4"}, set()),
-    ("hint", {}, set()),
-    ("hint", {"adaptor": "conv-bn"}, {"adaptors.layer4.0.weight", "adaptors.layer4.1.weight"}),
+    ("hint", {}, {"adaptors.layer2.0.weight", "adaptors.layer2.1.weight"}),  # FitNet: layer2, ConvReg
+    ("hint", {"layers": "layer4", "adaptor": "auto"}, set()),
     ("sckd", {}, set()),
     ("sckd", {"adaptor": "conv", "hint_layers": "layer3,embed"},
      {"adaptors.layer3.0.weight", "adaptors.embed.0.weight"}),
@@ -155,3 +155,14 @@ def test_readme_plugin_trains(tiny_data_root, tmp_path, teacher_ckpt):
     assert math.isfinite(res.history[0]["loss"])
     state = load_checkpoint(res.checkpoint)["method"]
     assert set(state) == {"adaptor.weight", "adaptor.bias"}
+
+
+def test_attentive_eta_from_training_crops(tiny_data_root, tmp_path, teacher_ckpt):
+    """eta_crops=train takes eta over the random training crops Phi sees; centre (the default) over centre crops."""
+    etas = {}
+    for crops in ("centre", "train"):
+        cfg = tiny_config(method="attentive", method_params={"eta_crops": crops, "schedule": "joint"}, epochs=1)
+        res = train(cfg, tiny_data_root, tmp_path / crops, teacher_checkpoint=teacher_ckpt, max_steps=1)
+        etas[crops] = float(load_checkpoint(res.checkpoint)["method"]["eta"])
+    assert etas["centre"] > 0 and etas["train"] > 0
+    assert etas["centre"] != pytest.approx(etas["train"], rel=1e-6)  # other crops, other teacher errors

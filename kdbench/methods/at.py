@@ -1,4 +1,8 @@
-"""at: attention transfer (Zagoruyko & Komodakis, ICLR 2017): match normalised spatial attention maps."""
+"""at: attention transfer (Zagoruyko & Komodakis, ICLR 2017): match normalised spatial attention maps.
+
+As RepDistiller's Attention (b84f547): maps of different sizes are compared after adaptive average pooling
+of the larger to the smaller (kdbench.methods.functional.attention_transfer).
+"""
 
 from __future__ import annotations
 
@@ -27,13 +31,6 @@ class AT(LayersMethod):
         flat = [n for n in self.layers if n in ("pool", "embed")]
         if flat:
             raise KdbenchError(f"{self.name}.layers: {', '.join(flat)} has no spatial map; use stem or layer1-4")
-
-    def setup(self, student: PoseOutput, teacher: PoseOutput | None) -> None:
-        for n in self.layers:  # fail on the first batch, not deep inside the loss
-            if student.features[n].shape[2:] != teacher.features[n].shape[2:]:
-                raise KdbenchError(f"{self.name}: layer {n} maps differ in size (student "
-                                   f"{tuple(student.features[n].shape[2:])}, teacher "
-                                   f"{tuple(teacher.features[n].shape[2:])})")
 
     def loss(self, student: PoseOutput, teacher: PoseOutput | None, gt: GroundTruth,
              ctx: LossContext) -> dict[str, torch.Tensor]:

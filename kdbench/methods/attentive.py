@@ -12,6 +12,17 @@ Choices where the paper leaves room or where following it literally breaks the b
   says so) and the one epoch trains with L_ail; use schedule=joint to have the hint in a 1-epoch run.
 - `phi_clamp` (true): the paper's eta is max - min, so 1 - e_i/eta can go negative; clamped to [0, 1].
 - `adaptor` (auto): see kdbench.methods.adaptors.
+- `stage1` (0.2) has no source: the paper trains AHT first and AIL after it without a share kdbench could
+  cite. The reason for 0.2: the hint stage only initialises the trunk (FitNets' hint stage is the short
+  one), and every other row spends its whole budget on the pose loss, so stage 2 keeps 80% of it.
+- `w_aht` (100, joint only; the paper's own schedule is two-stage and needs no weight): the hint weight of
+  the other hint rows, RepDistiller's FitNet (`-b 100`, kdbench's hint w) and SCKD's alpha, so that the
+  joint schedule's hint term is on the scale kdbench's other hint terms are.
+- `eta_crops` (centre): eta comes from the prepare pass over the training set in eval mode on centre crops
+  (once, before training, as the paper computes it), while Phi_i in
+  training uses the teacher's error on the random crop the student sees, because AIL weights the imitation
+  of that very prediction. A random crop whose teacher error exceeds the centre-crop range gets Phi = 0
+  (clamped). `train` takes eta from one pass over random training crops (epoch 0's), the kind Phi sees.
 """
 
 from __future__ import annotations
@@ -65,6 +76,9 @@ class Attentive(Method):
         "w_aht": HParam(100.0, "float", "joint: weight of L_aht", search=(1.0, 1e4, "log")),
         "phi_clamp": HParam(True, "bool", "clamp Phi = 1 - e/eta to [0, 1] (the paper's can go negative)"),
         "adaptor": ADAPTOR_HPARAM,
+        "eta_crops": HParam("centre", "str", "crops eta is computed on: centre (eval, the prepare pass; Phi in "
+                            "training sees random crops) or train (random training crops, as Phi)",
+                            choices=("centre", "train"), added_later=True),
     }
     needs_prepare = True
 
@@ -100,6 +114,9 @@ class Attentive(Method):
             raise KdbenchError(f"{self.name}: the teacher's errors over the training set have no spread "
                                f"({n} samples, eta = max - min = 0); Phi = 1 - e/eta is undefined")
         self.eta.fill_(hi - lo)
+
+    def prepare_crops(self) -> str:
+        return self.eta_crops
 
     def stage1_epochs(self, epochs: int) -> int:
         """Epochs in stage 1: the rounded fraction, at least 1, leaving at least 1 for stage 2 (0 if epochs = 1)."""

@@ -199,6 +199,10 @@ class Method(nn.Module):
 
     needs_prepare: ClassVar[bool] = False
 
+    def prepare_crops(self) -> str:
+        """Crops prepare() sees: "centre" (eval crops, no augmentation) or "train" (random training crops)."""
+        return "centre"
+
     def frozen(self, student: PoseNet, epoch: int, epochs: int) -> list[str]:
         """Dotted names of student modules that do not train in this epoch (two-stage schedules)."""
         return []

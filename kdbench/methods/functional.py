@@ -88,13 +88,17 @@ def sc_divergence(c_s: torch.Tensor, c_t: torch.Tensor, divergence: str,
     those two distributions; "batchmean" divides it by b, which is what torch's kl_div(..., "batchmean")
     does to a 1-d input, as SCKD's code calls it.
     """
+    dtype = c_s.dtype
+    # In float64: at SCKD's defaults the KL is 1e-7 to 1e-10, below float32's resolution of the log-probs
+    # (about 4e-7 at log(1/b)), so a float32 value, and the logged `sc` column, would be rounding noise.
+    c_s, c_t = c_s.double(), c_t.double()
     if divergence == "mse":
-        return F.mse_loss(c_s, c_t)
+        return F.mse_loss(c_s, c_t).to(dtype)
     if reduction not in KL_REDUCTIONS:
         raise ValueError(f"KL reduction must be one of {KL_REDUCTIONS}, got {reduction!r}")
     # kl_div(input, target) computes sum target * (log target - input): input is the student's log-probs.
     kl = F.kl_div(F.log_softmax(c_s, dim=0), F.log_softmax(c_t, dim=0), log_target=True, reduction="sum")
-    return kl / c_s.shape[0] if reduction == "batchmean" else kl
+    return (kl / c_s.shape[0] if reduction == "batchmean" else kl).to(dtype)
 
 
 def _pairwise_distances(e: torch.Tensor) -> torch.Tensor:
@@ -130,6 +134,7 @@ def pkt(f_s: torch.Tensor, f_t: torch.Tensor, eps: float = 1e-7) -> torch.Tensor
 
     def kernel(e: torch.Tensor) -> torch.Tensor:
         e = e / (e.norm(dim=1, keepdim=True) + eps)
+        e = torch.where(torch.isnan(e), torch.zeros_like(e), e)  # the reference's e[e != e] = 0
         k = (e @ e.t() + 1) / 2
         return k / k.sum(1, keepdim=True)
 
@@ -139,7 +144,14 @@ def pkt(f_s: torch.Tensor, f_t: torch.Tensor, eps: float = 1e-7) -> torch.Tensor
 
 @full_precision
 def attention_transfer(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
-    """AT (Zagoruyko 2017): MSE between L2-normalised spatial maps mean_c(f^2)."""
+    """AT (Zagoruyko 2017): MSE between L2-normalised spatial maps mean_c(f^2).
+
+    Maps of different sizes: the larger is adaptive-average-pooled to the smaller, as RepDistiller's at_loss
+    does (it compares heights and pools to a square; here height and width each go to the smaller one).
+    """
+    size = (min(f_s.shape[2], f_t.shape[2]), min(f_s.shape[3], f_t.shape[3]))
+    f_s = F.adaptive_avg_pool2d(f_s, size) if f_s.shape[2:] != size else f_s
+    f_t = F.adaptive_avg_pool2d(f_t, size) if f_t.shape[2:] != size else f_t
 
     def at(f: torch.Tensor) -> torch.Tensor:
         return F.normalize(f.pow(2).mean(1).reshape(f.shape[0], -1), dim=1)

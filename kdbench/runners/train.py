@@ -221,7 +221,8 @@ def _train(cfg: TrainConfig, resume: dict[str, Any] | None, data_root: str | os.
         history, running = list(resume["history"]), resume.get("running")
         train_seconds = float(resume.get("train_seconds", 0.0))
     elif method.needs_prepare:
-        method.prepare(_teacher_batches(teacher, eval_train_ds, method.teacher_taps(), dev, cfg.batch_size),
+        prepare_ds = train_ds if method.prepare_crops() == "train" else eval_train_ds
+        method.prepare(_teacher_batches(teacher, prepare_ds, method.teacher_taps(), dev, cfg.batch_size),
                        pose_loss)
 
     def save(epoch: int, step: int = 0, losses: EpochLosses | None = None, seconds: float = 0.0,
