@@ -86,10 +86,10 @@ PRESETS: dict[str, Preset] = {
                     "batch 75 lr 5e-4, Adam eps 1 weight decay 0.0625, mean-form pose loss with beta 500, "
                     "ImageNet trunk, SCKD head init, SCKD's input (0-255 minus the train mean image)",
                     pose_loss="mean", adam_eps=1.0, head_init="sckd", normalize="sckd",
-                    normalize_reason="SCKD's (poselstm's) input, to reproduce its optimisation: conv1 is followed by "
-                    "BatchNorm, which in training normalises the 0-255 scale away (the ImageNet features "
-                    "survive), while Adam with eps 1 and weight decay 0.0625 sees 50x larger conv1 inputs "
-                    "than with ImageNet normalisation (benchmarks/bench_normalize.py)"),
+                    normalize_reason="SCKD's (poselstm's) input, to reproduce its optimisation: BatchNorm after "
+                    "conv1 removes the 0-255 scale in training (stem activations within 2% of ImageNet "
+                    "normalisation's), but Adam with eps 1 and weight decay 0.0625 sees 49x larger conv1 inputs "
+                    "(benchmarks/bench_normalize.py, README)"),
     # Offline on a 2-core laptop CPU: tiny images, from scratch; teachers get far more epochs than students
     # so that they are clearly better and KD has something to teach. Sized so that the default `kdbench run`
     # (5 methods x 2 synthetic scenes x 3 seeds) fits in about 10-15 minutes on 2 cores; at 40/32 px with 20

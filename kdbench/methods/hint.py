@@ -7,7 +7,7 @@ models/util.py), and the element-mean MSE to the teacher's feature map is added 
 1x1 conv has no bias: the BatchNorm after it removes one). Equal spatial sizes need only RepDistiller's 1x1
 case, which is what resnet18 <- resnet34 gives at every stage.
 SCKD's hint-only ablation is another objective and stays where SCKD has it, `sckd:sigma=0` (layer4, the
-identity when channels agree: SCKD's Distill_Feature); before kdbench 0.3 `hint` defaulted to exactly that
+identity when channels agree: SCKD's Distill_Feature); until issue 18 `hint` defaulted to exactly that
 (layer4, adaptor auto), so `--methods all,ablations` trained one objective twice.
 """
 
