@@ -246,7 +246,8 @@ def _plots_section(images: list[tuple[str, str]] | None) -> list[str]:
 def render_html(df: pd.DataFrame, profiles: pd.DataFrame, runs_dir: str | os.PathLike,
                 images: list[tuple[str, str]] | None = None) -> str:
     """The whole page: leaderboards, significance, efficiency, plots, environment, footnote."""
-    acc, eff, counts = lb.accuracy_table(df), lb.efficiency_table(profiles), lb.not_shown(df)
+    sig = stats.analyse(df)
+    acc, eff, counts = lb.accuracy_table(df, sig.comparison), lb.efficiency_table(profiles), lb.not_shown(df)
     shown = lb.shown_jobs(df)
     preset = df.attrs.get("preset") or ", ".join(sorted(str(p) for p in shown["preset"].dropna().unique()))
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -259,7 +260,7 @@ def render_html(df: pd.DataFrame, profiles: pd.DataFrame, runs_dir: str | os.Pat
             f"{f', preset {_esc(preset)}' if preset else ''}; generated {stamp}. Click a column header to sort."
             "</p>", f"<nav>{nav}</nav>",
             f'<p class="caption">{_esc(lb.CAPTION if not acc.empty else "No finished runs to show.")}</p>']
-    body += _accuracy_sections(acc, stats.analyse(df))
+    body += _accuracy_sections(acc, sig)
     body += tuning.tuned_section_html(runs_dir, _esc)
     body += _efficiency_section(eff)
     body += _plots_section(images)

@@ -178,7 +178,7 @@ ACCURACY_COLUMNS = ROW_KEY + ["label", "n_seeds", "n_failed", "n_runs", "seeds",
                               "dr_pct", "sig_t", "sig_r", "best_t", "best_r", "row_failed", "row_runs"]
 
 
-def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
+def accuracy_table(df: pd.DataFrame, comparison: pd.DataFrame | None = None) -> pd.DataFrame:
     """Numbers of every leaderboard: one row per (group, scene or 'average', row), ordered for display.
 
     Per cell over the finished seeds (n_seeds): t_mean / r_mean, the geometric mean of the median errors, with
@@ -188,6 +188,7 @@ def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
     against the baseline student over matched pairs (stats.compare_to_baseline: per scene over its seeds, for
     the average the scene-level estimator), sig_t / sig_r: that change is a claim (Holm-corrected).
     The average row of a group uses the seeds the baseline has on every scene (see `average_seeds`).
+    `comparison`: stats.compare_to_baseline(df) when the caller has it already.
     """
     from kdbench.reports import stats
 
@@ -208,8 +209,8 @@ def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
         if col not in acc:
             acc[col] = float("nan")
     acc = _add_failure_rate(acc, results)
-    comparison = stats.headline(stats.compare_to_baseline(df))
-    acc = _add_change(acc, comparison)
+    comparison = stats.compare_to_baseline(df) if comparison is None else comparison
+    acc = _add_change(acc, stats.headline(comparison))
     acc = _add_best(acc)
     acc["label"] = row_labels(acc)
     from kdbench.reports.tuning import label_rows
@@ -585,8 +586,9 @@ def print_terminal(df: pd.DataFrame, profiles: pd.DataFrame, console: Any = None
     from kdbench.reports import stats
 
     console = console or Console()
-    acc, eff, counts = accuracy_table(df), efficiency_table(profiles), not_shown(df)
-    for item in terminal_renderables(acc, eff, counts, stats.analyse(df)):
+    sig = stats.analyse(df)
+    acc, eff, counts = accuracy_table(df, sig.comparison), efficiency_table(profiles), not_shown(df)
+    for item in terminal_renderables(acc, eff, counts, sig):
         console.print(item)
 
 
@@ -639,8 +641,8 @@ def render(df: pd.DataFrame, profiles: pd.DataFrame, fmt: str = "markdown", tabl
 
     if fmt not in FORMATS:
         raise KdbenchError(f"unknown report format {fmt!r}: use {', '.join(FORMATS)}")
-    acc, eff, counts = accuracy_table(df), efficiency_table(profiles), not_shown(df)
     sig = stats.analyse(df)
+    acc, eff, counts = accuracy_table(df, sig.comparison), efficiency_table(profiles), not_shown(df)
     if fmt == "markdown":
         return render_markdown(acc, eff, counts, sig)
     if fmt == "terminal":

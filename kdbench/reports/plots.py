@@ -147,6 +147,26 @@ def cdf_figure(errors: pd.DataFrame, scene: str):
     return fig
 
 
+def cd_title(group: str, arch: str, metric: str, n: int, fried: dict[str, Any], left_out: list[str]) -> str:
+    """The diagram's title: what is ranked over how many scenes, the Friedman result with its significance clause
+    (or that every row ties, never 'χ² = nan'), what the bars mean, the rows left out."""
+    what = stats.METRICS[metric][1]
+    if fried["all_tied"]:
+        result = "every row ties on every scene: Friedman's test has nothing to rank (no difference)"
+    else:
+        verdict = "significant" if fried["p"] < stats.ALPHA else "not significant"
+        result = (f"Friedman χ² = {fried['statistic']:.2f}, Iman-Davenport F = {fried['f_statistic']:.2f}, "
+                  f"permutation p = {fried['p']:.3g} ({verdict} at {stats.ALPHA})")
+    floor = ("" if stats.min_wilcoxon_p(n) < stats.ALPHA else
+             f"; with {n} scenes no pair can differ (smallest p {stats.min_wilcoxon_p(n):.3g})")
+    title = (f"{GROUP_TITLES.get(group, group)}, {arch} students: mean rank of median {what} error (1 = best) "
+             f"over {n} scenes (seeds averaged, failures last)\n{result}\n"
+             f"bars join rows pairwise Wilcoxon tests (Holm) cannot tell apart at {stats.ALPHA}{floor}")
+    if left_out:
+        title += f"\nleft out (no result on every scene): {', '.join(left_out)}"
+    return title
+
+
 def cd_diagram(df: pd.DataFrame, group: str, arch: str, metric: str, path: Path) -> Path | None:
     """Critical-difference diagram of the students of one group and architecture: mean rank over the scenes
     (blocks, `stats.block_matrix`), bars joining rows that the pairwise Wilcoxon signed-rank tests, Holm-corrected
@@ -165,20 +185,7 @@ def cd_diagram(df: pd.DataFrame, group: str, arch: str, metric: str, path: Path)
     fig = _figure(figsize=(8, 1.6 + 0.28 * k), layout="constrained")
     ax = fig.subplots()
     sp.critical_difference_diagram(ranks, matrix, ax=ax, alpha=stats.ALPHA)
-    what = stats.METRICS[metric][1]
-    if fried["all_tied"]:
-        result = "every row ties on every scene: Friedman's test has nothing to rank (no difference)"
-    else:
-        verdict = "significant" if fried["p"] < stats.ALPHA else "not significant"
-        result = (f"Friedman χ² = {fried['statistic']:.2f}, Iman-Davenport F = {fried['f_statistic']:.2f}, "
-                  f"permutation p = {fried['p']:.3g} ({verdict} at {stats.ALPHA})")
-    floor = ("" if stats.min_wilcoxon_p(n) < stats.ALPHA else
-             f"; with {n} scenes no pair can differ (smallest p {stats.min_wilcoxon_p(n):.3g})")
-    title = (f"{GROUP_TITLES.get(group, group)}, {arch} students: mean rank of median {what} error (1 = best) "
-             f"over {n} scenes (seeds averaged, failures last)\n{result}\n"
-             f"bars join rows pairwise Wilcoxon tests (Holm) cannot tell apart at {stats.ALPHA}{floor}")
-    if left_out:
-        title += f"\nleft out (no result on every scene): {', '.join(left_out)}"
+    title = cd_title(group, arch, metric, n, fried, left_out)
     ax.set_title(title, fontsize=8)
     fig.savefig(path, dpi=120)
     return path

@@ -213,11 +213,12 @@ def scene_effects(pairs: pd.DataFrame) -> pd.DataFrame:
 # against the baseline -----------------------------------------------------------------------------------------
 def _unit_row(sub: pd.DataFrame, d: np.ndarray, enough: bool, reason: str) -> dict[str, object]:
     """Counts of one comparison's pairs and the test of its log ratios `d` (with why it was not tested)."""
-    zero = ((sub["error"] == 0) | (sub["base_error"] == 0)) & ~sub["failed"] & ~sub["base_failed"]
-    row: dict[str, object] = {"n_pairs": len(sub), "n_seeds": sub["seed"].nunique(), "n_scenes": sub["scene"].nunique(),
-                              "n_used": int(sub["usable"].sum()), "n_failed": int(sub["failed"].sum()),
-                              "n_base_failed": int(sub["base_failed"].sum()), "n_zero": int(zero.sum()),
-                              "failure_rate": float(sub["failed"].mean()) if len(sub) else math.nan}
+    failed, base_failed = sub["failed"].to_numpy(bool), sub["base_failed"].to_numpy(bool)
+    zero = ((sub["error"].to_numpy() == 0) | (sub["base_error"].to_numpy() == 0)) & ~failed & ~base_failed
+    row: dict[str, object] = {"n_pairs": len(sub), "n_seeds": len(set(sub["seed"])), "n_scenes": len(set(sub["scene"])),
+                              "n_used": int(sub["usable"].to_numpy().sum()), "n_failed": int(failed.sum()),
+                              "n_base_failed": int(base_failed.sum()), "n_zero": int(zero.sum()),
+                              "failure_rate": float(failed.mean()) if len(sub) else math.nan}
     row.update(log_ratio_test(d, test=enough))
     row["reason"] = "" if enough else reason
     return row
@@ -283,12 +284,13 @@ def headline(comparison: pd.DataFrame) -> pd.DataFrame:
 
 
 # ranks across scenes ------------------------------------------------------------------------------------------
-def block_matrix(df: pd.DataFrame, group: str, arch: str, metric: str = "t") -> tuple[pd.DataFrame, list[str]]:
+def block_matrix(df: pd.DataFrame, group: str, arch: str, metric: str = "t",
+                 jobs: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list[str]]:
     """Scenes (blocks) x student rows of one group and architecture: each row's geometric mean error over its seeds
     on the scene, +inf when one of them failed (ranked last); and the labels of rows left out because they have no
-    result on some scene (rows are dropped, never blocks)."""
+    result on some scene (rows are dropped, never blocks). `jobs`: result_jobs(df) when the caller has it."""
     col = METRICS[metric][0]
-    jobs = result_jobs(df)
+    jobs = result_jobs(df) if jobs is None else jobs
     students = jobs[jobs["role"] == "student"].copy()
     students["label"] = row_labels(students) if len(students) else []
     part = students[(students["group"] == group) & (students["arch"] == arch)].copy()
@@ -330,11 +332,12 @@ def friedman_test(wide: pd.DataFrame, n_permutations: int = N_PERMUTATIONS, seed
 def friedman(df: pd.DataFrame) -> pd.DataFrame:
     """Per group, student architecture and metric: mean rank of every complete row over the scenes (blocks) and
     the Friedman test (`friedman_test`; statistic and p NaN when fewer than 3 rows or 2 scenes)."""
-    students = _students(result_jobs(df))
+    jobs = result_jobs(df)
+    students = _students(jobs)
     rows = []
     for (group, arch), _ in students.groupby(["group", "arch"], sort=False):
         for metric in METRICS:
-            wide, left_out = block_matrix(df, group, arch, metric)
+            wide, left_out = block_matrix(df, group, arch, metric, jobs)
             ranks = wide.rank(axis=1, method="average").mean() if len(wide) else pd.Series(dtype=float)
             res = {"statistic": math.nan, "f_statistic": math.nan, "f_p": math.nan, "p": math.nan, "all_tied": False}
             if wide.shape[1] >= 3 and len(wide) >= 2:
@@ -373,9 +376,10 @@ def pairwise(df: pd.DataFrame, ranks: pd.DataFrame | None = None) -> pd.DataFram
     """The post-hoc tests behind the critical-difference diagrams: per group, architecture and metric with a
     Friedman test, `pairwise_wilcoxon` over the same blocks and rows."""
     ranks = friedman(df) if ranks is None else ranks
+    jobs = result_jobs(df)
     out = []
     for r in ranks[ranks["p"].notna()].itertuples():
-        wide, _ = block_matrix(df, r.group, r.arch, r.metric)
+        wide, _ = block_matrix(df, r.group, r.arch, r.metric, jobs)
         out.append(pairwise_wilcoxon(wide).assign(group=r.group, arch=r.arch, metric=r.metric))
     if not out:
         return pd.DataFrame(columns=PAIRWISE_COLUMNS)
