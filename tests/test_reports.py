@@ -405,9 +405,11 @@ def test_real_tiny_runs_give_tables_equal_to_pandas(tiny_data_root, tmp_path):
         jobs = pd.read_sql_query("SELECT * FROM jobs WHERE status = 'done'", con)
         metrics = pd.read_sql_query("SELECT * FROM metrics", con)
     wide = jobs.join(metrics.pivot(index="job_id", columns="name", values="value"), on="id")
-    expected = wide.groupby(["scene", "kind", "method"]).agg(
-        n=("seed", "size"), t=("median_t", "mean"), ts=("median_t", "std"), r=("median_r", "mean"),
-        rs=("median_r", "std"))
+    # cells are geometric means over seeds (the arithmetic mean was the defect: one estimator, issue 16)
+    expected = wide.assign(lt=np.log(wide["median_t"]), lr=np.log(wide["median_r"])).groupby(
+        ["scene", "kind", "method"]).agg(n=("seed", "size"), t=("lt", "mean"), ts=("median_t", "std"),
+                                         r=("lr", "mean"), rs=("median_r", "std"))
+    expected[["t", "r"]] = np.exp(expected[["t", "r"]])
     df = load_results(runs)
     acc = accuracy_table(df)
     got = acc[acc["scene"] != AVERAGE].set_index(["scene", "role", "method"])
@@ -425,8 +427,8 @@ def test_real_tiny_runs_give_tables_equal_to_pandas(tiny_data_root, tmp_path):
     # The average column rests on the seeds the baseline has on both scenes: seed 0, for every row.
     avg = acc[acc["scene"] == AVERAGE].set_index(["role", "method"])
     assert set(avg["seeds"]) == {"0"}
-    for (kind, method), t in seed0.groupby(level=["kind", "method"]).mean().items():
-        assert avg.loc[(kind, method), "t_mean"] == pytest.approx(t, rel=1e-12)
+    for (kind, method), t in np.exp(np.log(seed0).groupby(level=["kind", "method"]).mean()).items():
+        assert avg.loc[(kind, method), "t_mean"] == pytest.approx(t, rel=1e-12)  # geometric over scenes
     # The medians in the store are the medians of the per-image errors the runs wrote.
     for job in wide.itertuples():
         pred = pd.read_csv(runs / job.run_dir / "predictions.csv")

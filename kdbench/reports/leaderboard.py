@@ -1,8 +1,9 @@
 """Leaderboards from the results store: accuracy per scene group and efficiency per architecture.
 
 One DataFrame is built from the store (`load_results`, one row per job); `accuracy_table` reduces it to
-numbers (mean and std over seeds, change against the no-KD student, best marks), and the render functions
-only format those numbers: markdown via tabulate, terminal via rich, CSV and JSON via pandas.
+numbers (geometric mean over seeds with its log-scale interval, failures, the change against the no-KD student from
+`stats.compare_to_baseline`, best marks), and the render functions only format those numbers: markdown via tabulate,
+terminal via rich, CSV and JSON via pandas.
 """
 
 from __future__ import annotations
