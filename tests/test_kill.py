@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from kdbench.runners.train import load_checkpoint
 
 TINY = ["--epochs", "2", "--batch-size", "4", "--load-size", "32", "--crop", "28", "--quiet",
@@ -63,6 +65,7 @@ def _threads(folder: Path) -> int:
     return json.loads((folder / "config.json").read_text())["threads"]
 
 
+@pytest.mark.slow
 def test_kill_in_the_default_pool_then_lone_rerun_is_bitwise_equal(tiny_data_root, tmp_path):
     # Teacher and student run in the default 2-job pool (1 thread each); the rerun has the student alone.
     ref, killed = tmp_path / "ref", tmp_path / "killed"
@@ -75,6 +78,7 @@ def test_kill_in_the_default_pool_then_lone_rerun_is_bitwise_equal(tiny_data_roo
     assert _threads(_student(killed, "vanilla")) == _threads(_student(ref, "vanilla")) == 1
 
 
+@pytest.mark.slow
 def test_kill_of_a_lone_job_then_rerun_in_another_pool_is_bitwise_equal(tiny_data_root, tmp_path):
     # A lone job (1 of the pool's 2 threads), killed; the rerun's pool has one slot (2 threads per job), but
     # the resumed job keeps the count it started with.
@@ -88,6 +92,7 @@ def test_kill_of_a_lone_job_then_rerun_in_another_pool_is_bitwise_equal(tiny_dat
     assert _threads(_student(killed, "baseline")) == _threads(_student(ref, "baseline")) == 1
 
 
+@pytest.mark.slow
 def test_a_one_slot_pool_gives_its_job_every_thread(tiny_data_root, tmp_path):
     runs = tmp_path / "runs"
     _finish(_cli(runs, tiny_data_root, "--methods", "baseline", "--seeds", "1", "--jobs-per-gpu", "1",
@@ -111,6 +116,7 @@ class StepLog(Method):
 '''
 
 
+@pytest.mark.slow
 def test_a_kill_loses_at_most_the_step_in_progress_with_checkpoint_every_0(tiny_data_root, tmp_path, monkeypatch):
     # The README's claim: kill -9 loses the training since the last save, at most --checkpoint-every seconds plus
     # the step in progress (and the save it interrupted); with 0, a save follows every step.

@@ -46,6 +46,7 @@ def _kill_first_attempt(runs, killed: list[int]) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.slow
 def test_a_killed_ray_worker_is_retried_from_its_checkpoint(cluster, tiny_data_root, tmp_path, capsys):
     runs = tmp_path / "runs"
     killed: list[int] = []
