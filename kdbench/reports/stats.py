@@ -352,7 +352,8 @@ def friedman(df: pd.DataFrame) -> pd.DataFrame:
 def pairwise_wilcoxon(wide: pd.DataFrame) -> pd.DataFrame:
     """Every pair of rows of blocks x rows `wide`: Wilcoxon's signed-rank test over the blocks on log errors
     (a failure, +inf, is the largest difference: ranked last), Holm over all pairs."""
-    logs = np.log(wide.astype(float))
+    with np.errstate(divide="ignore"):  # a zero error is -inf: ranked first, as it should be
+        logs = np.log(wide.astype(float))
     big = 2 * np.nanmax(np.abs(logs.replace([np.inf, -np.inf], np.nan).to_numpy())) + 1 if logs.size else 1.0
     rows = []
     for a, b in itertools.combinations(wide.columns, 2):
