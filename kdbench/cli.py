@@ -8,9 +8,9 @@ import importlib
 import sys
 
 from kdbench.errors import KdbenchError
+from kdbench.models.families import ARCHS  # noqa: F401  (torch-free: the CLI parses before importing torch)
 
-# Kept torch-free here (the CLI parses arguments before importing torch); tests check it equals models.ARCHS.
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+ARCH_HELP = "a torchvision name (resnet18, mobilenet_v3_large, efficientnet_b0, ...: `kdbench models` lists them)"
 PRESETS = ("quick", "paper")
 PRESET_HELP = ("quick: offline CPU smoke benchmark (40/32 px, from scratch); paper: SCKD's setting (256/224 px, "
                "500 epochs, ImageNet trunk)")
@@ -146,8 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train (and evaluate) one teacher or student")
     p.add_argument("--scene", required=True, help="scene name (see `kdbench scenes list`)")
-    p.add_argument("--arch", default="resnet18", choices=ARCHS, metavar="ARCH",
-                   help=f"network trunk: {', '.join(ARCHS)}")
+    p.add_argument("--arch", default="resnet18", metavar="ARCH", help=f"network trunk: {ARCH_HELP}")
     p.add_argument("--method", default="baseline", help="KD method (see `kdbench methods`)")
     p.add_argument("--teacher", default=None, metavar="CHECKPOINT", help="teacher checkpoint for KD methods")
     p.add_argument("--preset", default="quick", choices=PRESETS, help=PRESET_HELP)
@@ -200,10 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenes", default="synthetic", help="scene names or groups, comma-separated")
     p.add_argument("--seeds", default="3",
                    help="a count (3: seeds 0, 1, 2) or a list (0,5,7); significance needs at least 2 seeds")
-    p.add_argument("--teacher-arch", default="resnet34", choices=ARCHS, metavar="ARCH",
-                   help=f"trunk of the teachers: {', '.join(ARCHS)}")
-    p.add_argument("--student-arch", default="resnet18", choices=ARCHS, metavar="ARCH",
-                   help="trunk of the students")
+    p.add_argument("--teacher-arch", default="resnet34", metavar="ARCH", help=f"trunk of the teachers: {ARCH_HELP}")
+    p.add_argument("--student-arch", default="resnet18", metavar="ARCH[,ARCH...]",
+                   help="trunks of the students, comma-separated: the same methods run for each, against one "
+                        "teacher per scene and seed, each against its own baseline")
     p.add_argument("--preset", default="quick", choices=PRESETS, help=PRESET_HELP)
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs (teachers and students)")
     p.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
@@ -254,8 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", default="accuracy", choices=["accuracy", "efficiency", "significance"],
                    help="the table --format csv writes (one table per file)")
 
+    p = sub.add_parser("models", help="supported backbone families, with each stage tap's channels and stride")
+    p.add_argument("--archs", default=None, help="comma-separated architectures (default: each family's smallest)")
+    p.add_argument("--crop", type=int, default=224, help="input size for the map sizes shown")
+
     p = sub.add_parser("profile", help="params, size, FLOPs, latency (torch, onnxruntime)")
-    p.add_argument("--archs", default="resnet18,resnet34,resnet50", help="comma-separated trunks to measure")
+    p.add_argument("--archs", default="resnet18,resnet34,resnet50",
+                   help="comma-separated trunks to measure; `results`: every architecture in the results store")
     p.add_argument("--backends", default="torch,onnxruntime", help="comma-separated: torch, onnxruntime")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where latency is measured")
     p.add_argument("--batch", type=int, default=1, help="batch size of the latency measurement")
@@ -316,6 +320,7 @@ _HANDLERS = {
     "report": ("kdbench.reports.commands", "cmd_report"),
     "import": ("kdbench.reports.commands", "cmd_import"),
     "profile": ("kdbench.profile", "cmd_profile"),
+    "models": ("kdbench.models.commands", "cmd_models"),
     "export": ("kdbench.export", "cmd_export"),
 }
 

@@ -318,7 +318,8 @@ def test_every_option_has_help_and_defaults_are_shown(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for shown in ("trunk of the teachers: resnet18, resnet34, resnet50, resnet101, resnet152 (default: resnet34)",
+    for shown in ("trunk of the teachers: a torchvision name (resnet18, mobilenet_v3_large, efficientnet_b0, ...: "
+                  "`kdbench models` lists them) (default: resnet34)",
                   "(default: quick)", "(default: local)", "(default: synthetic)", "(default: auto)"):
         assert shown in text
     with pytest.raises(SystemExit):

@@ -506,12 +506,15 @@ def test_adaptor_shapes_end_in_relu(adaptor, modules):
         assert bool((m.adaptors[name](s.features[name]) >= 0).all())
     bad = PoseOutput(t.xyz, t.q, {"layer2": torch.zeros(B, 5, 3, 3), "pool": t.features["pool"]})
     with pytest.raises(KdbenchError, match="differ in size"):
-        create_method("hint", {"layers": "layer2", "adaptor": adaptor}).setup(s, bad)
+        create_method("hint", {"layers": "layer2", "adaptor": adaptor, "resize": "none"}).setup(s, bad)
+    resized = create_method("hint", {"layers": "layer2", "adaptor": adaptor})  # resize=bilinear, the default
+    resized.setup(s, bad)
+    assert resized.adaptors["layer2"](s.features["layer2"]).shape == (B, 5, 3, 3)
 
 
 def test_identity_adaptor_needs_equal_shapes(batch):
     s, t, _ = batch
-    with pytest.raises(KdbenchError, match="adaptor=identity needs equal shapes.*use adaptor=auto or conv"):
+    with pytest.raises(KdbenchError, match="adaptor=identity needs equal widths.*use adaptor=auto or conv"):
         create_method("hint", {"adaptor": "identity"}).setup(s, t)
     with pytest.raises(KdbenchError, match="auto, identity, conv, conv-bn"):
         create_method("sckd", {"adaptor": "mlp"})

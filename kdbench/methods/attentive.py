@@ -11,7 +11,7 @@ Choices where the paper leaves room or where following it literally breaks the b
   stage 2 at least one. With epochs = 1 there is no room for two stages: stage 1 is skipped (a warning
   says so) and the one epoch trains with L_ail; use schedule=joint to have the hint in a 1-epoch run.
 - `phi_clamp` (true): the paper's eta is max - min, so 1 - e_i/eta can go negative; clamped to [0, 1].
-- `adaptor` (auto): see kdbench.methods.adaptors.
+- `adaptor` (auto), `resize` (bilinear, added later): see kdbench.methods.adaptors.
 - `stage1` (0.2) has no source: the paper trains AHT first and AIL after it without a share kdbench could
   cite. The reason for 0.2: the hint stage only initialises the trunk (FitNets' hint stage is the short
   one), and every other row spends its whole budget on the pose loss, so stage 2 keeps 80% of it.
@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from kdbench.errors import KdbenchError
-from kdbench.methods.adaptors import ADAPTOR_HPARAM, build_adaptors, require_setup
+from kdbench.methods.adaptors import ADAPTOR_HPARAM, RESIZE_HPARAM, build_adaptors, require_setup
 from kdbench.methods.base import GroundTruth, HParam, LossContext, Method, PoseLoss
 from kdbench.methods.checks import check_count, check_nonnegative, check_unit
 from kdbench.methods.registry import register_method
@@ -47,9 +47,8 @@ def _has_state(m: nn.Module) -> bool:
 
 
 def student_units(student: PoseNet) -> list[str]:
-    """The student's stateful modules at the granularity a schedule freezes (trunk stages, head, fc_*)."""
-    trunk = [f"trunk.{n}" for n, m in student.trunk.named_children() if _has_state(m)]
-    return trunk + [n for n, m in student.named_children() if n != "trunk" and _has_state(m)]
+    """The student's stateful modules at the granularity a schedule freezes (trunk blocks, head, fc_*)."""
+    return student.trunk_units() + [n for n, m in student.named_children() if n != "trunk" and _has_state(m)]
 
 
 def modules_up_to(student: PoseNet, tap: str) -> list[str]:
@@ -79,6 +78,7 @@ class Attentive(Method):
         "eta_crops": HParam("centre", "str", "crops eta is computed on: centre (eval, the prepare pass; Phi in "
                             "training sees random crops) or train (random training crops, as Phi)",
                             choices=("centre", "train"), added_later=True),
+        "resize": RESIZE_HPARAM,
     }
     needs_prepare = True
 
@@ -101,7 +101,7 @@ class Attentive(Method):
 
     def setup(self, student: PoseOutput, teacher: PoseOutput | None) -> None:
         if not self.adaptors:  # once: a second call must not replace trained weights
-            self.adaptors = build_adaptors(self.hint_layer, student, teacher, self.name, self.adaptor)
+            self.adaptors = build_adaptors(self.hint_layer, student, teacher, self.name, self.adaptor, self.resize)
 
     def prepare(self, batches: Iterable[tuple[PoseOutput, GroundTruth]], pose_loss: PoseLoss) -> None:
         """eta = max - min of the teacher's per-sample errors over the training set."""

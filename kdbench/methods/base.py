@@ -12,9 +12,11 @@ from torch import nn
 
 from kdbench.errors import KdbenchError
 from kdbench.methods.functional import full_precision
-from kdbench.models import TAPS, PoseNet, PoseOutput
+from kdbench.models import ALL_TAPS, TAPS, PoseNet, PoseOutput, canonical_tap
 
-# SCKD's command line numbers the taps 1..6 (stem, layer1, layer2, layer3, layer4, pool).
+# SCKD's command line numbers the taps 1..6 (stem, layer1, layer2, layer3, layer4, pool). Stage names
+# (stage1..stage4) are stored in ResNet's spelling (layer1..layer4), so `sc_layers=stage2` and
+# `sc_layers=layer2` are one job with one id.
 SCKD_MODULE_NUMBERS = {str(i + 1): name for i, name in enumerate(TAPS[:6])}
 
 
@@ -60,11 +62,12 @@ class HParam:
             elif self.type == "layers":
                 # "," in --set sckd.sc_layers=2,3; "+" inside a --methods variant, where "," separates methods
                 items = value.replace("+", ",").split(",") if isinstance(value, str) else list(value)
-                out = tuple(SCKD_MODULE_NUMBERS.get(str(i).strip(), str(i).strip()) for i in items if str(i).strip())
-                bad = [i for i in out if i not in TAPS]
+                out = tuple(canonical_tap(SCKD_MODULE_NUMBERS.get(str(i).strip(), str(i).strip()))
+                            for i in items if str(i).strip())
+                bad = [i for i in out if i not in ALL_TAPS]
                 if bad:
-                    raise KdbenchError(f"{where}: unknown layer(s) {', '.join(bad)}; use {', '.join(TAPS)} "
-                                       f"or SCKD's module numbers 1-6")
+                    raise KdbenchError(f"{where}: unknown layer(s) {', '.join(bad)}; use stem, stage1..stage4 "
+                                       f"(ResNet's layer1..layer4), pool, embed, or SCKD's module numbers 1-6")
             else:
                 out = str(value)
         except (TypeError, ValueError):

@@ -9,6 +9,7 @@ case, which is what resnet18 <- resnet34 gives at every stage.
 SCKD's hint-only ablation is another objective and stays where SCKD has it, `sckd:sigma=0` (layer4, the
 identity when channels agree: SCKD's Distill_Feature); until issue 18 `hint` defaulted to exactly that
 (layer4, adaptor auto), so `--methods all,ablations` trained one objective twice.
+`resize` (bilinear, added later): how maps of different sizes meet (kdbench.methods.adaptors).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdbench.methods.adaptors import ADAPTOR_HELP, ADAPTORS, build_adaptors, hint_mse, require_setup
+from kdbench.methods.adaptors import ADAPTOR_HELP, ADAPTORS, RESIZE_HPARAM, build_adaptors, hint_mse, require_setup
 from kdbench.methods.base import GroundTruth, HParam, LayersMethod, LossContext
 from kdbench.methods.checks import check_count, check_nonnegative
 from kdbench.methods.registry import register_method
@@ -33,6 +34,7 @@ class Hint(LayersMethod):
         "layers": HParam(("layer2",), "layers", "hint layers (names or SCKD's numbers 1-6); RepDistiller's "
                          "hint_layer 2 = layer2"),
         "adaptor": HParam("conv-bn", "str", ADAPTOR_HELP, choices=ADAPTORS),
+        "resize": RESIZE_HPARAM,
     }
 
     def __init__(self, **params):
@@ -43,7 +45,7 @@ class Hint(LayersMethod):
 
     def setup(self, student: PoseOutput, teacher: PoseOutput | None) -> None:
         if not self.adaptors:  # once: a second call must not replace trained weights
-            self.adaptors = build_adaptors(self.layers, student, teacher, self.name, self.adaptor)
+            self.adaptors = build_adaptors(self.layers, student, teacher, self.name, self.adaptor, self.resize)
 
     def loss(self, student: PoseOutput, teacher: PoseOutput | None, gt: GroundTruth,
              ctx: LossContext) -> dict[str, torch.Tensor]:

@@ -16,6 +16,8 @@ Where the published code is ambiguous or does not run, the choice is a hyperpara
   pair, so that S_P does not depend on the sign convention at all.
 - `adaptor` (auto): SCKD matches the hint layer directly when channels agree and uses a 1x1 conv
   (no bias) + ReLU otherwise (see kdbench.methods.adaptors). Unlike the code, the adaptor is trained.
+- `resize` (bilinear, added later): maps of different sizes reach the teacher's size inside the adaptor
+  (kdbench.methods.adaptors); the SC term compares b x b similarities and needs no resizing.
 Measured with these defaults (benchmarks/bench_grad_shares.py, SynthRoom, resnet34 -> resnet18 after 12
 baseline epochs): gradient norms on the student trunk gt 14, sigma*SC 0.018, alpha*hint 131; the row is
 mostly the hint, as in SCKD's code, so `--methods ablations` adds sigma = 0 and alpha = 0 rows beside it.
@@ -28,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdbench.methods.adaptors import ADAPTOR_HPARAM, build_adaptors, hint_mse, require_setup
+from kdbench.methods.adaptors import ADAPTOR_HPARAM, RESIZE_HPARAM, build_adaptors, hint_mse, require_setup
 from kdbench.methods.base import GroundTruth, HParam, LossContext, Method
 from kdbench.methods.checks import check_count, check_nonnegative
 from kdbench.methods.functional import KL_REDUCTIONS, pose_self_similarity, sc_divergence, self_cross_similarity
@@ -56,6 +58,7 @@ class SCKD(Method):
         "sp_quat": HParam("canonical", "str", "q in S_P: canonical (w >= 0, as read); nearest: sign "
                           "nearer q_i per pair", choices=("canonical", "nearest")),
         "adaptor": ADAPTOR_HPARAM,
+        "resize": RESIZE_HPARAM,
     }
 
     def __init__(self, **params):
@@ -74,7 +77,7 @@ class SCKD(Method):
     def setup(self, student: PoseOutput, teacher: PoseOutput | None) -> None:
         # Built once and trained with the student (the published code re-creates it at random every step).
         if not self.adaptors:
-            self.adaptors = build_adaptors(self.hint_layers, student, teacher, self.name, self.adaptor)
+            self.adaptors = build_adaptors(self.hint_layers, student, teacher, self.name, self.adaptor, self.resize)
 
     def sc_term(self, student: PoseOutput, teacher: PoseOutput, gt: GroundTruth) -> torch.Tensor:
         """Sum over the SC layers of D(c_t, c_s), before the weight sigma."""

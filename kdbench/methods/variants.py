@@ -25,7 +25,7 @@ from typing import Any
 
 from kdbench.errors import KdbenchError
 from kdbench.methods.registry import available_methods, get_method, resolved_params
-from kdbench.models import TAPS
+from kdbench.models import ALL_TAPS
 
 # The order `all` lists built-ins in (the rest, plugins included, follow sorted by name).
 BUILTIN_ORDER = ("baseline", "vanilla", "attentive", "similarity", "hint", "sckd")
@@ -97,7 +97,7 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
     try:
         get_method(name)  # unknown names list the registered ones
     except KdbenchError as exc:
-        if name in TAPS or name.isdigit():  # `sckd:sc_layers=layer2,layer3` split at the comma
+        if name in ALL_TAPS or name.isdigit():  # `sckd:sc_layers=layer2,layer3` split at the comma
             raise KdbenchError(f"{exc}; {name!r} looks like a layer: join list values with +, "
                                f"e.g. sckd:sc_layers=layer2+layer3") from None
         raise

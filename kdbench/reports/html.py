@@ -26,6 +26,7 @@ import pandas as pd
 from kdbench.fileio import write_text_atomic
 from kdbench.reports import leaderboard as lb
 from kdbench.reports import stats, tuning
+from kdbench.reports.front import with_teacher_latency
 from kdbench.reports.stats import Significance
 from kdbench.reports.store import STORE_NAME
 
@@ -36,6 +37,7 @@ ENV_COLUMNS = {"jobs": "jobs", "kdbench_version": "kdbench", "git_commit": "git 
                "hostname": "host", "platform": "platform"}
 PLOT_TITLES = (("cdf-", "cumulative distribution of the test errors"),
                ("pareto-latency-", "accuracy against latency"), ("pareto-params-", "accuracy against parameters"),
+               ("front-", "accuracy-latency front per device: median t and r, one point per (arch, method)"),
                *tuning.PLOT_TITLES)
 
 CSS = """
@@ -247,7 +249,8 @@ def render_html(df: pd.DataFrame, profiles: pd.DataFrame, runs_dir: str | os.Pat
                 images: list[tuple[str, str]] | None = None) -> str:
     """The whole page: leaderboards, significance, efficiency, plots, environment, footnote."""
     sig = stats.analyse(df)
-    acc, eff, counts = lb.accuracy_table(df, sig.comparison), lb.efficiency_table(profiles), lb.not_shown(df)
+    acc, counts = lb.accuracy_table(df, sig.comparison), lb.not_shown(df)
+    eff = with_teacher_latency(lb.efficiency_table(profiles), acc)
     shown = lb.shown_jobs(df)
     preset = df.attrs.get("preset") or ", ".join(sorted(str(p) for p in shown["preset"].dropna().unique()))
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

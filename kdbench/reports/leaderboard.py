@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 from kdbench.errors import KdbenchError
+from kdbench.models.families import ARCHS
+from kdbench.reports.front import with_teacher_latency
 from kdbench.reports.rows import (
     AVERAGE,
     GROUP_TITLES,
@@ -160,9 +161,9 @@ def not_shown(df: pd.DataFrame) -> dict[str, int]:
 
 
 def arch_rank(arch: str) -> int:
-    """Sort key that puts resnet18 before resnet34 before resnet101 (not alphabetical); others last."""
-    match = re.fullmatch(r"[a-z_]+?(\d+)", str(arch))
-    return int(match.group(1)) if match else 10**6
+    """Sort key: family by family, smallest member first (resnet18 before resnet34 before resnet101, then
+    mobilenet_v3_small before mobilenet_v3_large, as kdbench.models.families lists them); others last."""
+    return ARCHS.index(arch) if arch in ARCHS else 10**3 - 1
 
 
 def _row_order(acc: pd.DataFrame) -> pd.Series:
@@ -473,6 +474,8 @@ def efficiency_display(eff: pd.DataFrame) -> pd.DataFrame:
     def num(v: Any, digits: int = 2, est: bool = False) -> str:
         return "–" if pd.isna(v) else f"{'≈' if est else ''}{v:.{digits}f}"
 
+    # A student's latency over its teacher's on the same device, backend, batch and crop (reports/front.py)
+    ratios = "vs_teacher" in eff and eff["vs_teacher"].fillna("").astype(bool).any()
     rows = []
     for r in eff.itertuples():
         est = bool(r.estimated)
@@ -481,7 +484,8 @@ def efficiency_display(eff: pd.DataFrame) -> pd.DataFrame:
                      "batch x crop": f"{r.batch} x {r.crop}", "params (M)": num(r.params_m),
                      "size (MiB)": num(r.size_mib, 1), "file (MiB)": num(r.file_mib, 1),
                      "GFLOPs": num(r.gflops), "latency median (ms)": num(r.latency_median_ms, est=est),
-                     "p90 (ms)": num(r.latency_p90_ms, est=est), "note": note})
+                     "p90 (ms)": num(r.latency_p90_ms, est=est),
+                     **({"latency vs teacher": r.vs_teacher} if ratios else {}), "note": note})
     return pd.DataFrame(rows)
 
 
@@ -588,7 +592,8 @@ def print_terminal(df: pd.DataFrame, profiles: pd.DataFrame, console: Any = None
 
     console = console or Console()
     sig = stats.analyse(df)
-    acc, eff, counts = accuracy_table(df, sig.comparison), efficiency_table(profiles), not_shown(df)
+    acc, counts = accuracy_table(df, sig.comparison), not_shown(df)
+    eff = with_teacher_latency(efficiency_table(profiles), acc)
     for item in terminal_renderables(acc, eff, counts, sig):
         console.print(item)
 
@@ -643,7 +648,8 @@ def render(df: pd.DataFrame, profiles: pd.DataFrame, fmt: str = "markdown", tabl
     if fmt not in FORMATS:
         raise KdbenchError(f"unknown report format {fmt!r}: use {', '.join(FORMATS)}")
     sig = stats.analyse(df)
-    acc, eff, counts = accuracy_table(df, sig.comparison), efficiency_table(profiles), not_shown(df)
+    acc, counts = accuracy_table(df, sig.comparison), not_shown(df)
+    eff = with_teacher_latency(efficiency_table(profiles), acc)
     if fmt == "markdown":
         return render_markdown(acc, eff, counts, sig)
     if fmt == "terminal":

@@ -18,6 +18,7 @@ import pandas as pd
 from kdbench.errors import KdbenchError
 from kdbench.poses import ACCURACY_THRESHOLDS
 from kdbench.reports import stats
+from kdbench.reports.front import device_points
 from kdbench.reports.leaderboard import (
     AVERAGE,
     GROUP_TITLES,
@@ -259,6 +260,7 @@ def write_plots(df: pd.DataFrame, profiles: pd.DataFrame, out_dir: str | os.Path
     for group in dict.fromkeys(acc["group"]):
         written += _group_cd_diagrams(df, jobs, group, out)
         written += _group_tradeoffs(acc, eff, group, out)
+        written += _group_fronts(acc, eff, group, out)
     from kdbench.reports.tuning import tuning_plots
 
     written += tuning_plots(runs_dir, out)  # kdbench tune's studies, where the runs folder has any
@@ -307,4 +309,48 @@ def _group_tradeoffs(acc: pd.DataFrame, eff: pd.DataFrame, group: str, out: Path
     else:
         written.append(tradeoff_plot(par, "params_m", "parameters (M)", f"{title}: accuracy vs parameters",
                                      out / f"pareto-params-{group}.png"))
+    return written
+
+
+def front_figure(points: pd.DataFrame, where: str):
+    """Median translation and rotation error against latency, one point per (arch, method), fronts marked."""
+    fig = _figure(figsize=(11, 4.6), layout="constrained")
+    axes = fig.subplots(1, 2)
+    archs = list(dict.fromkeys(points["arch"]))
+    colours = {a: f"C{i % 10}" for i, a in enumerate(archs)}
+    for ax, metric, unit in zip(axes, ("t", "r"), ("translation error (m)", "rotation error (°)")):
+        for arch in archs:
+            part = points[points["arch"] == arch]
+            ax.scatter(part["latency_median_ms"], part[f"{metric}_mean"], color=colours[arch], s=22, zorder=3,
+                       marker="o" if (part["role"] == "student").all() else "s", label=arch)
+        for p in points.itertuples():
+            ax.annotate(p.method if p.role == "student" else "teacher",
+                        (p.latency_median_ms, getattr(p, f"{metric}_mean")), fontsize=6, xytext=(3, 2),
+                        textcoords="offset points")
+        front = points[points[f"on_front_{metric}"]].sort_values("latency_median_ms")
+        ax.step(front["latency_median_ms"], front[f"{metric}_mean"], where="post", color="crimson", alpha=0.6,
+                label="Pareto front")
+        ax.scatter(front["latency_median_ms"], front[f"{metric}_mean"], s=150, facecolors="none",
+                   edgecolors="crimson", zorder=4)
+        ax.set_xlabel(f"latency (ms, batch 1, {where})", fontsize=8)
+        ax.set_ylabel(f"median {unit}, mean over scenes and seeds", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    return fig
+
+
+def _group_fronts(acc: pd.DataFrame, eff: pd.DataFrame, group: str, out: Path) -> list[Path]:
+    avg = acc[(acc["group"] == group) & (acc["scene"] == AVERAGE)]
+    written = []
+    for (device, backend, crop), points in device_points(avg, eff).items():
+        where = f"{backend} on {device}, crop {crop}"
+        if points["estimated"].astype(bool).any():
+            notes = "; ".join(dict.fromkeys(points.loc[points["estimated"].astype(bool), "note"].astype(str)))
+            where += f"; ESTIMATED, not measured: {notes}"
+        fig = front_figure(points, where if len(where) < 140 else where[:137] + "...")
+        fig.suptitle(f"{GROUP_TITLES.get(group, group)}: accuracy-latency front ({backend}, {device})", fontsize=10)
+        slug = "".join(c if c.isalnum() else "_" for c in f"{device}-{backend}-{crop}").strip("_")
+        path = out / f"front-{group}-{slug}.png"
+        fig.savefig(path, dpi=110)
+        written.append(path)
     return written

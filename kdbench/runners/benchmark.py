@@ -14,6 +14,7 @@ from typing import Any
 from kdbench.config import get_preset
 from kdbench.errors import KdbenchError
 from kdbench.methods import load_plugin, parse_set_args
+from kdbench.models.families import parse_archs
 from kdbench.progress import JobProgress, console
 from kdbench.reports.store import (
     FINISHED,
@@ -30,6 +31,7 @@ from kdbench.runners.preflight import (
     check_checkpoint_every,
     check_device,
     check_load_size,
+    check_method_fit,
     check_weights,
     check_weights_keys,
     parse_weights,
@@ -220,7 +222,8 @@ def plan_benchmark(methods: str | list[str] = "all", scenes: str | list[str] = "
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if "weights" in overrides:
         overrides["weights"] = parse_weights(overrides["weights"])
-        check_weights_keys(overrides["weights"], {teacher_arch, student_arch})
+        students = student_arch if isinstance(student_arch, (list, tuple)) else parse_archs(student_arch)
+        check_weights_keys(overrides["weights"], {teacher_arch, *students})
     plugins = [str(Path(p).resolve()) for p in plugins or []]
     for p in plugins:
         load_plugin(p)
@@ -264,6 +267,7 @@ def preflight_benchmark(methods: str | list[str] = "all", scenes: str | list[str
     plan = plan_benchmark(methods, scenes, seeds, teacher_arch, student_arch, preset, sets, plugins, executor,
                           data_root, **overrides)
     check_weights({(j.cfg.arch, j.cfg.weights) for j in plan.jobs}, fetch=fetch)
+    check_method_fit(plan.jobs)
     return plan, device, jobs_per_gpu
 
 

@@ -41,8 +41,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train and evaluate one model, writing checkpoint, config, metrics and predictions; record it in the store."""
     _check_file(args.teacher, "teacher checkpoint", "pass --teacher path/to/checkpoint.pt (written by kdbench "
                 "train or run)")
+    from kdbench.models.families import check_arch
     from kdbench.runners.preflight import check_checkpoint_every, check_weights_keys, parse_weights, weights_for
 
+    check_arch(args.arch)
     check_checkpoint_every(args.checkpoint_every)
     weights = parse_weights(args.weights)
     check_weights_keys(weights, {args.arch})

@@ -9,6 +9,7 @@ from kdbench.config import TrainConfig, make_config
 from kdbench.errors import KdbenchError
 from kdbench.methods import get_method
 from kdbench.methods.variants import BUILTIN_ORDER, expand_methods, resolve_methods
+from kdbench.models.families import check_arch, parse_archs
 from kdbench.runners.preflight import weights_for
 from kdbench.scenes.catalog import SceneSpec
 
@@ -89,15 +90,18 @@ def _seed_range(n: int, arg: object) -> list[int] | None:
 
 
 def make_plan(methods: list[str], scenes: list[SceneSpec], seeds: list[int], teacher_arch: str = "resnet34",
-              student_arch: str = "resnet18", preset: str = "quick",
+              student_arch: str | list[str] = "resnet18", preset: str = "quick",
               method_params: dict[str, dict[str, Any]] | None = None, **overrides: Any) -> list[Job]:
     """Jobs in dependency order: per scene and seed, the teacher first, then one student per method item.
 
     `methods` are items as parse_methods returns them; `method_params` (--set) is the base of every item
-    of that method, a variant's own keys win.
+    of that method, a variant's own keys win. `student_arch` may list several architectures
+    ("mobilenet_v3_large,resnet18"): every method item runs for each, all learning from the one teacher.
     """
     variants = resolve_methods(methods, method_params)  # validates every --set and variant early
-    n_jobs = len(scenes) * len(seeds) * (len(variants) + 1)
+    check_arch(teacher_arch)
+    students = parse_archs(",".join(student_arch) if isinstance(student_arch, (list, tuple)) else student_arch)
+    n_jobs = len(scenes) * len(seeds) * (len(variants) * len(students) + 1)
     if n_jobs > MAX_PLAN_JOBS:
         raise KdbenchError(f"this plan has about {n_jobs:,} jobs ({len(variants)} method(s) x {len(scenes)} scene(s) "
                            f"x {len(seeds)} seed(s)), more than the {MAX_PLAN_JOBS:,} a run plans at most "
@@ -109,15 +113,16 @@ def make_plan(methods: list[str], scenes: list[SceneSpec], seeds: list[int], tea
                                                  **_for_arch(overrides, teacher_arch)))
             if any(get_method(v.name).needs_teacher for v in variants):
                 jobs.append(teacher)
-            for v in variants:
-                uses_teacher = get_method(v.name).needs_teacher
-                # The label is recorded in the config (config.json) too: a rebuilt store shows the same rows.
-                label = v.label if v.label != v.name else ""
-                cfg = make_config(spec.name, student_arch, preset, role="student", seed=seed, method=v.name,
-                                  method_params=v.params, teacher_hash=teacher.id if uses_teacher else None,
-                                  teacher_arch=teacher_arch if uses_teacher else None, method_label=label,
-                                  **_for_arch(overrides, student_arch))
-                jobs.append(Job("student", cfg, teacher.id if uses_teacher else None, v.label))
+            for arch in students:
+                for v in variants:
+                    uses_teacher = get_method(v.name).needs_teacher
+                    # The label is recorded in the config (config.json) too: a rebuilt store shows the same rows.
+                    label = v.label if v.label != v.name else ""
+                    cfg = make_config(spec.name, arch, preset, role="student", seed=seed, method=v.name,
+                                      method_params=v.params, teacher_hash=teacher.id if uses_teacher else None,
+                                      teacher_arch=teacher_arch if uses_teacher else None, method_label=label,
+                                      **_for_arch(overrides, arch))
+                    jobs.append(Job("student", cfg, teacher.id if uses_teacher else None, v.label))
     return jobs
 
 

@@ -114,3 +114,56 @@ def check_device(name: str | None) -> str | None:
         raise KdbenchError(f"--device {name}: MPS is not available here; use --device cpu or auto")
     return str(dev)
 
+
+
+def check_method_fit(jobs) -> None:
+    """Every (method, student arch, teacher arch, crop) of a plan builds its adaptors on a probe batch now.
+
+    A method that cannot apply (adaptor=identity between different widths, a tap a backbone lacks) fails
+    here with its fix, before any teacher trains, instead of at the first step of its student.
+    """
+    import torch
+
+    from kdbench.methods import create_method
+    from kdbench.models import PoseNet
+
+    seen: set[tuple] = set()
+    nets: dict[str, PoseNet] = {}
+    for job in jobs:
+        c = job.cfg
+        if job.kind != "student" or not c.teacher_arch:
+            continue
+        key = (c.method, repr(sorted(c.method_params.items())), c.arch, c.teacher_arch, c.crop_size)
+        if key in seen:
+            continue
+        seen.add(key)
+        method = create_method(c.method, c.method_params)
+        for arch in (c.arch, c.teacher_arch):
+            if arch not in nets:
+                nets[arch] = _shape_only(PoseNet, arch)
+        try:
+            with torch.no_grad():
+                s_out, t_out = (_probe(nets[a], c.crop_size, taps) for a, taps in
+                                ((c.arch, method.student_taps()), (c.teacher_arch, method.teacher_taps())))
+                method.setup(s_out, t_out)
+        except KdbenchError as exc:
+            raise KdbenchError(f"{job.method} cannot teach a {c.arch} student from a {c.teacher_arch} teacher "
+                               f"at {c.crop_size} px: " + " ".join(str(exc).split())) from None
+
+
+def _shape_only(cls, arch: str):
+    """A model for shape checks: on the meta device (no weights computed), or on the CPU where that fails."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return cls(arch).eval()
+    except (NotImplementedError, RuntimeError):  # RegNet's constructor reads tensor values
+        return cls(arch).eval()
+
+
+def _probe(net, crop: int, taps):
+    import torch
+
+    device = next(net.parameters()).device
+    return net(torch.zeros(2, 3, crop, crop, device=device), taps=taps)

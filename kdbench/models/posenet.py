@@ -1,4 +1,4 @@
-"""PoseNet: a torchvision ResNet trunk plus a regression head, with named feature taps via forward hooks."""
+"""PoseNet: a torchvision trunk of any supported family plus a regression head, with named taps via hooks."""
 
 from __future__ import annotations
 
@@ -14,12 +14,8 @@ from torchvision import models as tvm
 
 from kdbench.errors import KdbenchError
 from kdbench.fileio import read_torch_file
-
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-TAPS = ("stem", "layer1", "layer2", "layer3", "layer4", "pool", "embed")
-# Trunk module whose output each tap is; `embed` is the head's hidden layer and handled in forward().
-_TAP_MODULES = {"stem": "relu", "layer1": "layer1", "layer2": "layer2", "layer3": "layer3",
-                "layer4": "layer4", "pool": "avgpool"}
+from kdbench.models.families import ALL_TAPS, STAGES, TAPS, canonical_tap, check_arch, family_of
+from kdbench.models.stages import StagePlan, stage_plan
 
 
 class PoseOutput(NamedTuple):
@@ -30,32 +26,26 @@ class PoseOutput(NamedTuple):
     features: dict[str, torch.Tensor]
 
 
-def check_arch(arch: str) -> str:
-    """Validate an architecture name."""
-    if arch not in ARCHS:
-        raise KdbenchError(f"unknown architecture {arch!r}: use one of {', '.join(ARCHS)}")
-    return arch
-
-
-def check_taps(taps) -> tuple[str, ...]:
-    """Validate tap names."""
-    taps = tuple(taps)
-    bad = [t for t in taps if t not in TAPS]
-    if bad:
-        raise KdbenchError(f"unknown feature tap(s) {', '.join(map(repr, bad))}: use {', '.join(TAPS)}")
-    return taps
+def _has_state(m: nn.Module) -> bool:
+    return any(True for _ in m.parameters()) or any(True for _ in m.buffers())
 
 
 class PoseNet(nn.Module):
-    """ResNet trunk (torchvision, fc removed) -> Linear(feat, 1024) -> ReLU -> Dropout -> xyz (3), q (4)."""
+    """Trunk (torchvision, classifier removed) -> Linear(feat, 1024) -> ReLU -> Dropout -> xyz (3), q (4).
+
+    `feat` is the width of the trunk's pooled features (512 for resnet18, 576 for mobilenet_v3_small, ...).
+    """
 
     def __init__(self, arch: str = "resnet18", weights: str | os.PathLike | None = None,
                  hidden: int = 1024, dropout: float = 0.5, head_init: str = "torchvision"):
         super().__init__()
         self.arch = check_arch(arch)
+        self.family = family_of(arch)
         self.trunk = tvm.get_model(arch, weights=None)
-        feat = self.trunk.fc.in_features
-        self.trunk.fc = nn.Identity()
+        parent, _, leaf = self.family.classifier.rpartition(".")
+        setattr(self.trunk.get_submodule(parent) if parent else self.trunk, leaf, nn.Identity())
+        self.stages: StagePlan = stage_plan(self.trunk, arch, self.family)
+        feat = self.stages.pooled
         self.head = nn.Sequential(nn.Linear(feat, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
         self.fc_xyz = nn.Linear(hidden, 3)
         self.fc_q = nn.Linear(hidden, 4)
@@ -66,17 +56,34 @@ class PoseNet(nn.Module):
         if weights not in (None, "none", ""):
             load_weights(self, weights)
 
+    def taps(self) -> tuple[str, ...]:
+        """The tap names this network has (stage aliases included)."""
+        maps = [t for t in TAPS if t in self.stages.taps]
+        stages = [s for s in STAGES if canonical_tap(s) in self.stages.taps]
+        return tuple(maps[:1] + stages + maps[1:] + ["pool", "embed"])
+
+    def _check_taps(self, taps) -> None:
+        bad = [t for t in taps if t not in ALL_TAPS or
+               (canonical_tap(t) not in ("pool", "embed") and canonical_tap(t) not in self.stages.taps)]
+        if bad:
+            raise KdbenchError(f"tap(s) {', '.join(map(repr, bad))}: a {self.arch} PoseNet has "
+                               f"{', '.join(self.taps())} (ResNet's layer1..layer4 name stage1..stage4)")
+
     def forward(self, x: torch.Tensor, taps: tuple[str, ...] | list[str] = ()) -> PoseOutput:
         """Pose of a batch; `taps` names the features to return (hooks exist only while they are asked for)."""
         feats: dict[str, torch.Tensor] = {}
         handles = []
         for name in taps:
-            if name == "embed":
+            canon = canonical_tap(name)
+            if canon in ("embed", "pool"):
                 continue
-            module = getattr(self.trunk, _TAP_MODULES[name])
+            tap = self.stages.taps.get(canon)
+            if tap is None:
+                self._check_taps(taps)
+            module = self.trunk.get_submodule(tap.module)
 
             def hook(_m, _inp, out, name=name):
-                feats[name] = torch.flatten(out, 1) if name == "pool" else out
+                feats[name] = out
 
             handles.append(module.register_forward_hook(hook))
         try:
@@ -84,6 +91,8 @@ class PoseNet(nn.Module):
         finally:
             for h in handles:
                 h.remove()
+        if "pool" in taps:
+            feats["pool"] = pooled
         linear, relu, dropout = self.head
         hidden = relu(linear(pooled))
         if "embed" in taps:  # before Dropout: student and teacher features are both un-noised
@@ -99,15 +108,29 @@ class PoseNet(nn.Module):
         """
         device = embed.device.type
         # Only when autocast is on: an exported (ONNX) graph then stays free of an autocast region.
-        with torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else nullcontext():
+        # (The meta device, used for shape checks before training, has no autocast.)
+        on = device != "meta" and torch.is_autocast_enabled(device)
+        with torch.autocast(device, enabled=False) if on else nullcontext():
             embed = embed.to(self.fc_xyz.weight.dtype)
             return self.fc_xyz(embed), F.normalize(self.fc_q(embed), dim=1)
 
+    def trunk_units(self) -> list[str]:
+        """Dotted names of the trunk's stateful blocks in forward order, then its other stateful modules."""
+        blocks = [b for b in self.stages.blocks if _has_state(self.trunk.get_submodule(b))]
+        roots = {b.split(".")[0] for b in self.stages.blocks}
+        rest = [n for n, m in self.trunk.named_children() if n not in roots and _has_state(m)]
+        return [f"trunk.{n}" for n in blocks + rest]
+
     def trunk_modules_up_to(self, tap: str) -> list[str]:
         """Dotted names of the trunk modules that compute `tap` (used by staged training schedules)."""
-        order = ["trunk.conv1", "trunk.bn1", "trunk.layer1", "trunk.layer2", "trunk.layer3", "trunk.layer4"]
-        stop = {"stem": 2, "layer1": 3, "layer2": 4, "layer3": 5, "layer4": 6, "pool": 6}[tap]
-        return order[:stop]
+        canon = canonical_tap(tap)
+        if canon in ("pool", "embed"):
+            return self.trunk_units()
+        if canon not in self.stages.taps:
+            self._check_taps([tap])
+        last = self.stages.blocks.index(self.stages.taps[canon].module)
+        upto = self.stages.blocks[:last + 1]
+        return [f"trunk.{b}" for b in upto if _has_state(self.trunk.get_submodule(b))]
 
 
 def init_head_sckd(model: PoseNet) -> None:
@@ -122,7 +145,7 @@ def init_head_sckd(model: PoseNet) -> None:
 
 
 def load_weights(model: PoseNet, weights: str | os.PathLike) -> None:
-    """Load `imagenet` (torchvision weights API) or a state_dict file (a whole PoseNet or a bare ResNet)."""
+    """Load `imagenet` (torchvision weights API) or a state_dict file (a whole PoseNet or a bare trunk)."""
     if str(weights) == "imagenet":
         try:
             w = tvm.get_model_weights(model.arch).DEFAULT
@@ -140,8 +163,11 @@ def load_weights(model: PoseNet, weights: str | os.PathLike) -> None:
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # a kdbench checkpoint
     if any(k.startswith("trunk.") for k in state):
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or any(k.startswith("trunk.") for k in missing):
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError:  # same names, other shapes: another member of the family
+            missing, unexpected = ["(shapes differ)"], []
+        if unexpected or any(str(k).startswith(("trunk.", "(")) for k in missing):
             raise KdbenchError(f"{path} does not match a {model.arch} PoseNet (missing {missing[:3]}, "
                                f"unexpected {unexpected[:3]}): was it saved from another architecture?")
     else:
@@ -149,8 +175,12 @@ def load_weights(model: PoseNet, weights: str | os.PathLike) -> None:
 
 
 def _load_trunk(model: PoseNet, state: dict, source: str) -> None:
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = model.trunk.load_state_dict(state, strict=False)
+    drop = model.family.classifier + "."
+    state = {k: v for k, v in state.items() if not k.startswith(drop)}
+    try:
+        missing, unexpected = model.trunk.load_state_dict(state, strict=False)
+    except RuntimeError:  # same names, other shapes (resnet50 weights for a resnet101, ...)
+        missing, unexpected = ["(shapes differ)"], []
     if missing or unexpected:
         raise KdbenchError(f"{source} does not match a torchvision {model.arch} "
                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
