@@ -50,8 +50,7 @@ ADAPTOR_HELP = ("auto: identity if shapes match, else 1x1 conv + ReLU (SCKD); co
 # The `adaptor` hyperparameter of every method with a hint path (frozen, so one instance serves them all).
 ADAPTOR_HPARAM = HParam("auto", "str", ADAPTOR_HELP, choices=ADAPTORS)
 RESIZES = ("bilinear", "pool", "none")
-RESIZE_HELP = ("where student and teacher maps differ in size: bilinear (student map to the teacher's), pool "
-               "(adaptive average pool of the larger), none (error, as before families)")
+RESIZE_HELP = "maps of unequal size: bilinear or pool to the teacher's; none: error"
 RESIZE_HPARAM = HParam("bilinear", "str", RESIZE_HELP, choices=RESIZES, added_later=True)
 
 
