@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import one_line_error
 
 from kdbench.cli import main
-from tests.conftest import one_line_error
 
 optuna = pytest.importorskip("optuna")
 
