@@ -170,3 +170,13 @@ def test_methods_lists_the_new_defaults(capsys):
     out = capsys.readouterr().out
     hint = out[out.index("\nhint  (teacher)"):].split("\n\n")[0]
     assert re.search(r"layers +layers +layer2 ", hint) and re.search(r"adaptor +str +conv-bn ", hint)
+
+
+def test_attentive_eta_crops_default_keeps_stored_ids():
+    from kdbench.methods.registry import resolved_params
+
+    params = resolved_params("attentive")
+    before = {k: v for k, v in params.items() if k != "eta_crops"}  # what attentive resolved to before it
+    cfg = make_config("SynthRoom", "resnet18", method="attentive", method_params=params)
+    assert cfg.hash() == cfg.replace(method_params=before).hash()
+    assert cfg.replace(method_params={**params, "eta_crops": "train"}).hash() != cfg.hash()

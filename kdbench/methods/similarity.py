@@ -15,7 +15,7 @@ from kdbench.models import PoseOutput
 class Similarity(LayersMethod):
     description = "similarity-preserving KD (Tung & Mori 2019): L_gt + gamma sum ||G~_t - G~_s||_F^2 / b^2"
     hparams = {
-        "gamma": HParam(3000.0, "float", "weight of the similarity-preserving term",
+        "gamma": HParam(3000.0, "float", "weight of the SP term (RepDistiller's -b 3000; SCKD has no SP)",
                         search=(10.0, 1e5, "log")),
         "layers": HParam(("layer4",), "layers", "tapped layers (names or SCKD's numbers 1-6)"),
     }
