@@ -197,8 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "(sckd, sckd:sigma=0 = hint only, sckd:alpha=0 = SC only). --set METHOD.KEY=VALUE is "
                         "the base of every row of METHOD; a variant's own keys win (see `kdbench methods`)")
     p.add_argument("--scenes", default="synthetic", help="scene names or groups, comma-separated")
-    p.add_argument("--seeds", default="3",
-                   help="a count (3: seeds 0, 1, 2) or a list (0,5,7); significance needs at least 2 seeds")
+    p.add_argument("--seeds", default=None,
+                   help="a count (3: seeds 0, 1, 2) or a list (0,5,7), one teacher per seed; significance needs at "
+                        "least 2 seeds (default 3; see `kdbench report --seeds-needed 5%%`)")
+    p.add_argument("--teacher-seeds", default=None, metavar="N",
+                   help="crossed design (instead of --seeds): N teachers per scene (a count or a list) ...")
+    p.add_argument("--student-seeds", default=None, metavar="M",
+                   help="... times M student seeds of every KD method (the baseline on the M seeds), so the "
+                        "report can say how much of a row's variance is the teacher's")
     p.add_argument("--teacher-arch", default="resnet34", metavar="ARCH", help=f"trunk of the teachers: {ARCH_HELP}")
     p.add_argument("--student-arch", default="resnet18", metavar="ARCH[,ARCH...]",
                    help="trunks of the students, comma-separated: the same methods run for each, against one "
@@ -249,9 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write to FILE instead of standard output (html: a folder, "
                    "default site/)")
     p.add_argument("--plots", default=None, metavar="DIR",
-                   help="also write plots there: error CDFs, critical-difference diagrams (needs the plots extra)")
-    p.add_argument("--table", default="accuracy", choices=["accuracy", "efficiency", "significance"],
+                   help="also write plots there: performance profiles with bootstrap bands, critical-difference "
+                        "diagrams (needs the plots extra)")
+    p.add_argument("--table", default="accuracy", choices=["accuracy", "efficiency", "significance", "claims"],
                    help="the table --format csv writes (one table per file)")
+    p.add_argument("--rope", default="2%", metavar="PCT",
+                   help="region of practical equivalence: a change of the error within ±PCT does not matter "
+                        "(verdicts better / practically equivalent / worse / undecided)")
+    p.add_argument("--seeds-needed", default=None, metavar="PCT",
+                   help="print how many seeds per scene a change of PCT (e.g. 5%%) needs for 80%% power at the "
+                        "observed noise, per row and metric, and exit")
 
     p = sub.add_parser("models", help="supported backbone families, with each stage tap's channels and stride")
     p.add_argument("--archs", default=None, help="comma-separated architectures (default: each family's smallest)")

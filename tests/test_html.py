@@ -118,9 +118,9 @@ def test_page_is_self_contained(site, capsys):
     # Nothing is fetched: no external scripts, styles, images or fonts.
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)
     assert "<link" not in text and "<script src" not in text
-    # Every figure of `report --plots`: 2 CDFs, 2 critical-difference diagrams (t, r); no accuracy-vs-cost plots
-    # with one student architecture.
-    assert text.count('src="data:image/png;base64,') == 4
+    # Every figure of `report --plots`: the group's performance profile, 2 critical-difference diagrams (t, r);
+    # no accuracy-vs-cost plots with one student architecture.
+    assert text.count('src="data:image/png;base64,') == 3
     assert os.stat(site).st_mode & 0o777 == 0o644
 
 
@@ -254,10 +254,9 @@ def test_browser_shows_significance(page, runs):
 
 def test_browser_shows_plots_and_environment(page, runs):
     sizes = page.eval_on_selector_all("#plots img", "imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight])")
-    assert len(sizes) == 4 and all(w > 300 and h > 200 for w, h in sizes)  # decoded, not broken images
+    assert len(sizes) == 3 and all(w > 300 and h > 200 for w, h in sizes)  # decoded, not broken images
     captions = page.eval_on_selector_all("#plots figcaption", "cs => cs.map(c => c.textContent)")
-    assert captions == ["SynthRoom: cumulative distribution of the test errors",
-                        "SynthStreet: cumulative distribution of the test errors",
+    assert captions == ["Synthetic scenes: performance profiles of the runs' errors, with 95% bootstrap bands",
                         "Synthetic scenes: critical-difference diagram of the mean ranks (translation)",
                         "Synthetic scenes: critical-difference diagram of the mean ranks (rotation)"]
     headers, rows = _table(page, "environments")

@@ -263,6 +263,13 @@ Median test error, translation (m) and rotation (deg), of each run's last-epoch 
 
 7-Scenes: one scene is too few for a scene-level claim (one about scenes like these, not only these): that needs 3 or more scenes, the seeds of each averaged first. 7-Scenes, on Stairs: with 2 (scene, seed) pairs no claim can be made about which method is better or worse than the resnet18 student alone on them; a paired test needs 2 or more seeds and 3 or more pairs (run with `--seeds 3` or more). resnet18 hint failed or diverged on 1 of 1 run paired with the baseline (failure rate 100%): no pair is left to estimate a change. Fewer pairs for resnet18 hint (not run on every seed the baseline has).
 
+Verdict against the student alone with a region of practical equivalence of ±2% (a change smaller than that does not matter; `--rope`): better / practically equivalent / worse from one-sided paired t-tests on the log error ratios at ±2% (TOST, 0.05 each; the 90% interval below, inside or above the region), else undecided; pooled over the matched (scene, student seed) pairs: a claim on these scenes. MDC: the minimum change the paired t-test detects with 80% power at 0.05 over these pairs at their observed SD of the log ratio (noncentral t). IQM Δ: interquartile mean of the pairs' log ratios as a change, P(better): probability that a run beats a baseline run on the same scene (averaged over scenes), each with a 95% stratified bootstrap interval (seeds resampled within scenes, 2000 resamples, seed 0). Variance: share of the row's log-error variance that is the teacher's / the student's (crossed --teacher-seeds x --student-seeds runs, two-way random effects; '–' with one teacher per student seed).
+
+| method        | metric      | pairs   | verdict (±2%)   | MDC 80%   | IQM Δ (95% CI)   | P(better) (95% CI)   | variance teacher / student   |
+|---------------|-------------|---------|-----------------|-----------|------------------|----------------------|------------------------------|
+| resnet18 sckd | translation | 2       | undecided       | > ±100%   | -18% [-33%, 0%]  | 0.75 [0.50, 1.00]    | –                            |
+| resnet18 sckd | rotation    | 2       | undecided       | > ±100%   | +10% [0%, +20%]  | 0.38 [0.00, 1.00]    | –                            |
+
 ## Efficiency
 
 Sizes in MiB (2^20 bytes): params × 4 bytes (fp32), and the saved file (torch state_dict, or the .onnx file). GFLOPs: torch FlopCounterMode at batch 1 and the crop, a multiply-add counted as 2 FLOPs (convolutions and matrix products only); empty where measured without torch. Latency: median / p90 in ms per batch over at least 50 timed runs after warm-up; ≈ marks estimates, which are not measurements.
@@ -326,7 +333,7 @@ def test_plots_are_written(store_dir, tmp_path):
     # One student architecture: no accuracy-vs-latency plot (every student would sit at one x). One scene per
     # group: no critical-difference diagram (its blocks are scenes; seeds of one scene are not independent data
     # sets, the old (scene, seed) blocks were the defect).
-    assert names == ["cdf-ShopFacade.png", "cdf-Stairs.png"]
+    assert names == ["profile-7scenes.png", "profile-cambridge.png"]
     for path in paths:
         data = path.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
@@ -356,27 +363,12 @@ def test_tradeoff_plots_need_two_student_archs_and_list_only_what_is_drawn(store
     assert labels == {"resnet18 baseline (no KD)", "resnet34 baseline (no KD)", best}
 
 
-def test_cdf_plot_has_log_axes_and_threshold_marks():
-    pytest.importorskip("matplotlib")
-    from kdbench.reports.plots import cdf_figure
-
-    rng = np.random.default_rng(0)
-    errors = pd.DataFrame({"err_t": rng.gamma(2, 0.3, 200), "err_r": np.r_[rng.gamma(2, 2, 190), [170.0] * 10],
-                           "label": ["a"] * 100 + ["b"] * 100, "seed": 0})
-    fig = cdf_figure(errors, "Stairs")
-    ax_t, ax_r = fig.axes
-    assert ax_t.get_xscale() == ax_r.get_xscale() == "log"
-    marks = [sorted(line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == "--") for ax in fig.axes]
-    assert marks == [[0.25, 0.5, 5.0], [2.0, 5.0, 10.0]]
-    assert ax_r.get_xlim()[0] < 2.0 and ax_r.get_xlim()[1] >= 170.0
-
-
 def test_report_command_plots(store_dir, tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "figs"
     assert main(["report", "--runs-dir", str(store_dir), "--scenes", "ShopFacade", "--plots", str(out)]) == 0
-    assert (out / "cdf-ShopFacade.png").stat().st_size > 0
-    assert not (out / "cdf-Stairs.png").exists()
+    assert (out / "profile-cambridge.png").stat().st_size > 0
+    assert not (out / "profile-7scenes.png").exists()
 
 
 def test_pareto_front():
@@ -437,7 +429,7 @@ def test_real_tiny_runs_give_tables_equal_to_pandas(tiny_data_root, tmp_path):
     assert "## Synthetic scenes: SynthRoom, SynthStreet" in md and "resnet18 vanilla" in md
     if importlib.util.find_spec("matplotlib"):
         paths = write_plots(df, load_profiles(runs), tmp_path / "plots", runs_dir=runs)
-        assert {p.name for p in paths} == {"cdf-SynthRoom.png", "cdf-SynthStreet.png"}  # no profiles: no Pareto
+        assert {p.name for p in paths} == {"profile-synthetic.png"}  # no efficiency profiles: no Pareto
 
 
 def test_presets_are_never_mixed(tmp_path, capsys):

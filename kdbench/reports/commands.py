@@ -30,6 +30,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.plots:  # a file or a looping link there is one line before any work
         ensure_dir(args.plots, "--plots")
     df = leaderboard.load_results(args.runs_dir, args.scenes, args.preset)
+    from kdbench.reports.equivalence import parse_rope
+
+    df.attrs["rope"] = parse_rope(getattr(args, "rope", "2%"))  # read by kdbench.reports.claims
+    if getattr(args, "seeds_needed", None):
+        return _print_seeds_needed(df, args.seeds_needed)
     profiles = leaderboard.load_profiles(args.runs_dir)
     if args.format == "html":  # a folder: index.html with the plots inside (--out default site/)
         from kdbench.reports.html import write_site
@@ -55,6 +60,25 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(f"wrote {path}", file=sys.stderr)
         if not paths:
             print(f"no plots written to {args.plots}: no finished runs to plot", file=sys.stderr)
+    return 0
+
+
+def _print_seeds_needed(df, text: str) -> int:
+    """`kdbench report --seeds-needed 5%`: seeds per scene for 80% power, per row and metric."""
+    from tabulate import tabulate
+
+    from kdbench.reports.claims import seeds_needed_display
+    from kdbench.reports.equivalence import parse_rope
+
+    change = parse_rope(text, "--seeds-needed")
+    table = seeds_needed_display(df, change)
+    if table.empty:
+        print("no KD row has matched (scene, seed) pairs with the baseline in this store: nothing to size")
+        return 0
+    print(f"Seeds per scene (at the scenes present) a change of {100 * change:g}% needs for 80% power in the "
+          "two-sided paired t-test on log error ratios at 0.05 (exact, noncentral t), at each row's observed SD "
+          "of the log ratio over its (scene, seed) pairs; power now: what the pairs present have for it.")
+    print(tabulate(table, headers="keys", tablefmt="github", showindex=False, disable_numparse=True))
     return 0
 
 

@@ -26,6 +26,7 @@ import pandas as pd
 from kdbench.fileio import write_text_atomic
 from kdbench.reports import leaderboard as lb
 from kdbench.reports import stats, tuning
+from kdbench.reports.claims import Claims, analyse_claims, claims_caption, claims_display
 from kdbench.reports.front import with_teacher_latency
 from kdbench.reports.stats import Significance
 from kdbench.reports.store import STORE_NAME
@@ -35,7 +36,7 @@ _NUMBER = re.compile(r"^[≈~]?\s*([-+]?\d+(?:\.\d+)?)")
 ENV_COLUMNS = {"jobs": "jobs", "kdbench_version": "kdbench", "git_commit": "git commit", "python": "Python",
                "torch": "torch", "torchvision": "torchvision", "cuda": "CUDA", "device": "device",
                "hostname": "host", "platform": "platform"}
-PLOT_TITLES = (("cdf-", "cumulative distribution of the test errors"),
+PLOT_TITLES = (("profile-", "performance profiles of the runs' errors, with 95% bootstrap bands"),
                ("pareto-latency-", "accuracy against latency"), ("pareto-params-", "accuracy against parameters"),
                ("front-", "accuracy-latency front per device: median t and r, one point per (arch, method)"),
                *tuning.PLOT_TITLES)
@@ -135,13 +136,16 @@ def table_html(table: pd.DataFrame, table_id: str, row_classes: list[str] | None
 
 
 # sections ---------------------------------------------------------------------------------------------------
-def _accuracy_sections(acc: pd.DataFrame, sig: Significance) -> list[str]:
+def _accuracy_sections(acc: pd.DataFrame, sig: Significance, claims: Claims | None = None) -> list[str]:
     out = []
     for group in dict.fromkeys(acc["group"]):
         heading = lb._group_heading(acc, group)
         out.append(f'<section id="group-{_esc(group)}"><h2>{_esc(heading)}</h2>')
         out.append(table_html(lb.display_table(acc, group, "markdown"), f"leaderboard-{group}"))
         out += _significance(sig, group)
+        if claims is not None and (claims.table()["group"] == group).any():
+            out.append(f'<p class="caption">{_esc(claims_caption(claims))}</p>')
+            out.append(table_html(claims_display(claims, group), f"claims-{group}"))
         out.append("</section>")
     return out
 
@@ -218,7 +222,7 @@ def plot_images(df: pd.DataFrame, profiles: pd.DataFrame, runs_dir: str | os.Pat
 
 
 def plot_caption(stem: str) -> str:
-    """'cdf-SynthRoom' -> 'SynthRoom: cumulative distribution of the test errors'."""
+    """'profile-synthetic' -> 'Synthetic scenes: performance profiles ...'."""
     if stem.startswith("cd-") and stem.endswith(tuple(f"-{m}" for m in stats.METRICS)):
         subject, metric = stem[3:].rsplit("-", 1)  # cd-<group>[-<arch>]-<metric>
         group, _, arch = subject.partition("-")
@@ -226,8 +230,8 @@ def plot_caption(stem: str) -> str:
         return f"{lb.GROUP_TITLES.get(group, group)}: critical-difference diagram of the mean ranks ({what})"
     for prefix, title in PLOT_TITLES:
         if stem.startswith(prefix):
-            subject = stem[len(prefix):]
-            return f"{lb.GROUP_TITLES.get(subject, subject)}: {title}"
+            subject, _, arch = stem[len(prefix):].partition("-")  # profile-<group>[-<arch>]
+            return f"{lb.GROUP_TITLES.get(subject, subject)}{f' ({arch} students)' if arch else ''}: {title}"
     return stem
 
 
@@ -263,7 +267,7 @@ def render_html(df: pd.DataFrame, profiles: pd.DataFrame, runs_dir: str | os.Pat
             f"{f', preset {_esc(preset)}' if preset else ''}; generated {stamp}. Click a column header to sort."
             "</p>", f"<nav>{nav}</nav>",
             f'<p class="caption">{_esc(lb.CAPTION if not acc.empty else "No finished runs to show.")}</p>']
-    body += _accuracy_sections(acc, sig)
+    body += _accuracy_sections(acc, sig, analyse_claims(df))
     body += tuning.tuned_section_html(runs_dir, _esc)
     body += _efficiency_section(eff)
     body += _plots_section(images)

@@ -31,6 +31,7 @@ from kdbench.reports.rows import (
 from kdbench.reports.store import ResultsStore
 
 if TYPE_CHECKING:
+    from kdbench.reports.claims import Claims
     from kdbench.reports.stats import Significance
 
 METRICS = ("median_t", "median_r", "mean_t", "mean_r", "n_test", "acc_0.25m_2deg", "acc_0.5m_5deg",
@@ -38,7 +39,7 @@ METRICS = ("median_t", "median_r", "mean_t", "mean_r", "n_test", "acc_0.25m_2deg
 METHOD_ORDER = ("baseline", "vanilla", "attentive", "similarity", "hint", "sckd")  # then plugins, A-Z
 FORMATS = ("markdown", "terminal", "csv", "json")
 MARK = "†"  # a significant change (kdbench.reports.stats)
-CSV_TABLES = ("accuracy", "efficiency", "significance")
+CSV_TABLES = ("accuracy", "efficiency", "significance", "claims")
 
 CAPTION = ("Median test error, translation (m) and rotation (deg), of each run's last-epoch model on the test "
            "split (no epoch is selected on test data): geometric mean over the finished seeds and, in brackets, its "
@@ -94,8 +95,9 @@ def load_results(runs_dir: str | os.PathLike, scenes: str | None = None, preset:
         have = {r[1] for r in store.conn.execute("PRAGMA table_info(jobs)")}
         split = "COALESCE(eval_split, 'test')" if "eval_split" in have else "'test'"  # older stores: all test
         jobs = pd.read_sql_query("SELECT id, kind, scene, method, arch, teacher_arch, seed, preset, status, "
-                                 f"error, run_dir, train_seconds, updated, config, {split} AS eval_split FROM jobs "
-                                 "ORDER BY created", store.conn)
+                                 f"error, run_dir, train_seconds, updated, config, {split} AS eval_split, "
+                                 "CASE WHEN json_valid(config) THEN json_extract(config, '$.teacher_seed') END "
+                                 "AS teacher_seed FROM jobs ORDER BY created", store.conn)
         metrics = pd.read_sql_query("SELECT job_id, name, value FROM metrics", store.conn)
     jobs = jobs[jobs["eval_split"] == eval_split]
     from kdbench.reports.tuning import with_tuning
@@ -523,7 +525,7 @@ def _caption(style: str) -> str:
 
 
 def render_markdown(acc: pd.DataFrame, eff: pd.DataFrame, counts: dict[str, int],
-                    sig: Significance | None = None) -> str:
+                    sig: Significance | None = None, claims: Claims | None = None) -> str:
     """The leaderboard as a markdown document (GitHub tables via tabulate); with `sig`, each group's
     significance paragraph and table follow its leaderboard."""
     from tabulate import tabulate
@@ -544,6 +546,10 @@ def render_markdown(acc: pd.DataFrame, eff: pd.DataFrame, counts: dict[str, int]
             table = significance_display(sig.comparison, group)
             if not table.empty and sig.comparison.loc[sig.comparison["group"] == group, "tested"].any():
                 out += [SIGNIFICANCE_CAPTION, "", md(table), ""]
+        if claims is not None and (claims.table()["group"] == group).any():
+            from kdbench.reports.claims import claims_caption, claims_display
+
+            out += [claims_caption(claims), "", md(claims_display(claims, group)), ""]
     if not eff.empty:
         out += ["## Efficiency", "", EFFICIENCY_CAPTION, "", md(efficiency_display(eff)), ""]
     note = footnote(counts)
@@ -553,7 +559,8 @@ def render_markdown(acc: pd.DataFrame, eff: pd.DataFrame, counts: dict[str, int]
 
 
 def terminal_renderables(acc: pd.DataFrame, eff: pd.DataFrame, counts: dict[str, int],
-                         sig: Significance | None = None, style: str = "rich") -> list[Any]:
+                         sig: Significance | None = None, style: str = "rich",
+                         claims: Claims | None = None) -> list[Any]:
     """rich Tables (and text) for the terminal; best students in bold (style 'rich') or starred ('text')."""
     from rich.table import Table
     from rich.text import Text
@@ -576,6 +583,11 @@ def terminal_renderables(acc: pd.DataFrame, eff: pd.DataFrame, counts: dict[str,
             items.append(rich_table(title, display_table(acc, group, style, [scene])))
         if sig is not None and group in sig.sentences:
             items.append(Text(" ".join(sig.sentences[group])))
+        if claims is not None and (claims.table()["group"] == group).any():
+            from kdbench.reports.claims import claims_caption, claims_display
+
+            items.append(rich_table(f"{GROUP_TITLES.get(group, group)}: claims", claims_display(claims, group),
+                                    claims_caption(claims)))
     if not eff.empty:
         items.append(rich_table("Efficiency", efficiency_display(eff), EFFICIENCY_CAPTION))
     if footnote(counts):
@@ -589,27 +601,29 @@ def print_terminal(df: pd.DataFrame, profiles: pd.DataFrame, console: Any = None
     from rich.console import Console
 
     from kdbench.reports import stats
+    from kdbench.reports.claims import analyse_claims
 
     console = console or Console()
     sig = stats.analyse(df)
     acc, counts = accuracy_table(df, sig.comparison), not_shown(df)
     eff = with_teacher_latency(efficiency_table(profiles), acc)
-    for item in terminal_renderables(acc, eff, counts, sig):
+    for item in terminal_renderables(acc, eff, counts, sig, claims=analyse_claims(df)):
         console.print(item)
 
 
 def render_terminal(acc: pd.DataFrame, eff: pd.DataFrame, counts: dict[str, int], width: int = 200,
-                    sig: Significance | None = None) -> str:
+                    sig: Significance | None = None, claims: Claims | None = None) -> str:
     """The terminal rendering as plain text (for --out FILE): no styles, so best students are starred."""
     from rich.console import Console
 
     console = Console(file=io.StringIO(), width=width, record=True, color_system=None)
-    for item in terminal_renderables(acc, eff, counts, sig, style="text"):
+    for item in terminal_renderables(acc, eff, counts, sig, style="text", claims=claims):
         console.print(item)
     return console.export_text()
 
 
-def render_csv(acc: pd.DataFrame, eff: pd.DataFrame, table: str = "accuracy", sig: Significance | None = None) -> str:
+def render_csv(acc: pd.DataFrame, eff: pd.DataFrame, table: str = "accuracy", sig: Significance | None = None,
+               claims: Claims | None = None) -> str:
     """One table as CSV (numbers, not strings): 'accuracy' (per cell: seeds, mean, std and 95% interval of
     the median errors, means over seeds of the mean errors and threshold accuracies, Δ and marks),
     'efficiency', or 'significance' (the paired tests against the baseline)."""
@@ -617,6 +631,8 @@ def render_csv(acc: pd.DataFrame, eff: pd.DataFrame, table: str = "accuracy", si
         raise KdbenchError(f"unknown table {table!r}: use {', '.join(CSV_TABLES)}")
     if table == "efficiency":
         return eff.to_csv(index=False)
+    if table == "claims":  # verdicts, power, bootstrap intervals, variance shares (kdbench.reports.claims)
+        return (claims.table() if claims is not None else pd.DataFrame()).to_csv(index=False)
     if table == "significance":
         from kdbench.reports import stats
 
@@ -625,9 +641,10 @@ def render_csv(acc: pd.DataFrame, eff: pd.DataFrame, table: str = "accuracy", si
     return acc.to_csv(index=False)
 
 
-def render_json(acc: pd.DataFrame, eff: pd.DataFrame, counts: dict[str, int], sig: Significance | None = None) -> str:
-    """{caption, accuracy, efficiency, significance, friedman, posthoc, summary, not_shown, footnote} (NaN as null;
-    infinite values as null too: JSON has no infinity)."""
+def render_json(acc: pd.DataFrame, eff: pd.DataFrame, counts: dict[str, int], sig: Significance | None = None,
+                claims: Claims | None = None) -> str:
+    """{caption, accuracy, efficiency, significance, friedman, posthoc, summary, claims, not_shown, footnote} (NaN as
+    null; infinite values as null too: JSON has no infinity)."""
     def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
         return json.loads(frame.to_json(orient="records", double_precision=15))
 
@@ -637,6 +654,12 @@ def render_json(acc: pd.DataFrame, eff: pd.DataFrame, counts: dict[str, int], si
         posthoc = sig.posthoc if sig.posthoc is not None else pd.DataFrame()
         doc.update(significance_caption=SIGNIFICANCE_CAPTION, significance=records(sig.comparison),
                    friedman=records(sig.ranks), posthoc=records(posthoc), summary=sig.sentences)
+    if claims is not None:
+        from kdbench.reports.claims import claims_caption
+
+        doc.update(claims_caption=claims_caption(claims), claims=records(claims.table()),
+                   bootstrap_errors=records(claims.errors), rope_pct=100 * claims.rope,
+                   bootstrap_seed=claims.bootstrap_seed)
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
 
@@ -647,13 +670,15 @@ def render(df: pd.DataFrame, profiles: pd.DataFrame, fmt: str = "markdown", tabl
 
     if fmt not in FORMATS:
         raise KdbenchError(f"unknown report format {fmt!r}: use {', '.join(FORMATS)}")
-    sig = stats.analyse(df)
+    from kdbench.reports.claims import analyse_claims
+
+    sig, claims = stats.analyse(df), analyse_claims(df)
     acc, counts = accuracy_table(df, sig.comparison), not_shown(df)
     eff = with_teacher_latency(efficiency_table(profiles), acc)
     if fmt == "markdown":
-        return render_markdown(acc, eff, counts, sig)
+        return render_markdown(acc, eff, counts, sig, claims)
     if fmt == "terminal":
-        return render_terminal(acc, eff, counts, sig=sig)
+        return render_terminal(acc, eff, counts, sig=sig, claims=claims)
     if fmt == "csv":
-        return render_csv(acc, eff, table, sig)
-    return render_json(acc, eff, counts, sig)
+        return render_csv(acc, eff, table, sig, claims)
+    return render_json(acc, eff, counts, sig, claims)

@@ -1,4 +1,4 @@
-"""Figures for `kdbench report --plots DIR`: error CDFs per scene, critical-difference diagrams per group,
+"""Figures for `kdbench report --plots DIR`: performance profiles and critical-difference diagrams per group,
 accuracy against latency and parameters where several student architectures make that comparison mean something.
 
 matplotlib and scikit-posthocs are the optional `plots` extra (`pip install kdbench[plots]`), imported only here
@@ -16,8 +16,7 @@ import numpy as np
 import pandas as pd
 
 from kdbench.errors import KdbenchError
-from kdbench.poses import ACCURACY_THRESHOLDS
-from kdbench.reports import stats
+from kdbench.reports import bootstrap, stats
 from kdbench.reports.front import device_points
 from kdbench.reports.leaderboard import (
     AVERAGE,
@@ -52,29 +51,6 @@ def _warn(message: str) -> None:
 
 
 # data ---------------------------------------------------------------------------------------------------
-def predictions_path(run_dir: str | None, runs_dir: str | os.PathLike) -> Path | None:
-    """predictions.csv of a job: run_dir as stored if absolute, else under the runs folder or the cwd."""
-    if not run_dir:
-        return None
-    candidates = [Path(run_dir)] if Path(run_dir).is_absolute() else [Path(runs_dir) / run_dir, Path(run_dir)]
-    return next((p / "predictions.csv" for p in candidates if (p / "predictions.csv").is_file()), None)
-
-
-def pooled_errors(jobs: pd.DataFrame, runs_dir: str | os.PathLike) -> pd.DataFrame:
-    """Per-image err_t and err_r of the given jobs, all seeds pooled, with a `label` column."""
-    frames = []
-    for job in jobs.itertuples():
-        path = predictions_path(job.run_dir, runs_dir)
-        if path is None:
-            _warn(f"no predictions.csv for job {job.id} (run_dir {job.run_dir!r}); left out of the CDF")
-            continue
-        pred = pd.read_csv(path, usecols=["err_t", "err_r"])
-        frames.append(pred.assign(label=job.label, seed=job.seed))
-    if not frames:
-        return pd.DataFrame(columns=["err_t", "err_r", "label", "seed"])
-    return pd.concat(frames, ignore_index=True)
-
-
 def pareto_front(xs: list[float], ys: list[float]) -> list[int]:
     """Indices of the points no other point beats on both x and y (lower is better), ordered by x."""
     order = sorted(range(len(xs)), key=lambda i: (xs[i], ys[i]))
@@ -103,48 +79,46 @@ def reference_profiles(eff: pd.DataFrame, archs: set[str]) -> tuple[pd.DataFrame
 
 
 # figures ------------------------------------------------------------------------------------------------
-def cdf_plot(errors: pd.DataFrame, scene: str, path: Path) -> Path:
-    """Write `cdf_figure` to `path`."""
-    cdf_figure(errors, scene).savefig(path, dpi=110)
+def profile_plot(jobs: pd.DataFrame, group: str, arch: str, path: Path, seed: int = bootstrap.BOOTSTRAP_SEED) -> Path:
+    """Write `profile_figure` to `path`."""
+    profile_figure(jobs, group, arch, seed).savefig(path, dpi=110)
     return path
 
 
-def cdf_figure(errors: pd.DataFrame, scene: str):
-    """Cumulative distribution of translation and rotation error, one line per leaderboard row, on log axes
-    (a 0-30 deg range that matters would be squeezed on a linear axis to 180 deg), with the protocol's
-    accuracy thresholds marked."""
+def profile_figure(jobs: pd.DataFrame, group: str, arch: str, seed: int = bootstrap.BOOTSTRAP_SEED):
+    """Performance profiles (Agarwal et al. 2021) of one group's `arch` students: per row the share of runs whose
+    median error, relative to the baseline's geometric mean on the same scene (1 = the baseline's level, so
+    scenes of any scale count alike), is at most x; bands: 95% stratified bootstrap (seeds resampled within
+    scenes, kdbench.reports.bootstrap), instead of CDFs that pooled seeds without bands."""
     fig = _figure(figsize=(11, 4.8), layout="constrained")
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     axes = fig.subplots(1, 2)
-    for label, part in errors.groupby("label", sort=False):
-        seeds = part["seed"].nunique()
-        for ax, col in zip(axes, ("err_t", "err_r")):
-            x = np.sort(part[col].to_numpy(dtype=float))
-            ax.step(x, np.arange(1, len(x) + 1) / len(x), where="post",
-                    label=f"{label} ({seeds} seed{'s' if seeds > 1 else ''}, {len(x)} errors)")
-    thresholds = (sorted({t for t, _ in ACCURACY_THRESHOLDS}), sorted({r for _, r in ACCURACY_THRESHOLDS}))
-    for ax, col, unit, marks, fmt in zip(axes, ("err_t", "err_r"),
-                                         ("translation error (m, log scale)", "rotation error (deg, log scale)"),
-                                         thresholds, ("{:g} m", "{:g}°")):
-        values = errors[col].to_numpy(dtype=float)
+    n_scenes = 0
+    for ax, (col, what) in zip(axes, stats.METRICS.values()):
+        errors = bootstrap.normalised_errors(jobs, group, arch, col)
+        values = np.concatenate([v for rows in errors.values() for v in rows.values()] or [np.ones(1)])
         values = values[np.isfinite(values) & (values > 0)]
-        lo = float(np.percentile(values, 0.5)) if len(values) else 0.01
-        hi = float(values.max()) if len(values) else 1.0
+        lo, hi = (values.min(), values.max()) if len(values) else (0.5, 2.0)
+        taus = np.geomspace(min(lo, 0.9) / 1.1, max(hi, 1.1) * 1.1, 200)
+        for label, strata in errors.items():
+            n_scenes = max(n_scenes, len(strata))
+            share, band_lo, band_hi = bootstrap.performance_profile(list(strata.values()), taus, seed=seed)
+            runs = sum(len(v) for v in strata.values())
+            (line,) = ax.step(taus, share, where="post", label=f"{label} ({runs} runs)")
+            ax.fill_between(taus, band_lo, band_hi, step="post", alpha=0.15, color=line.get_color(), linewidth=0)
+        ax.axvline(1.0, color="0.35", linestyle="--", linewidth=0.8)
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.5, 2, 10 rather than 5×10⁻¹
-        ax.xaxis.set_minor_formatter(NullFormatter())  # unlabelled minor ticks: labels would overlap
-        ax.set_xlim(min(lo, min(marks)) / 1.5, max(hi, max(marks)) * 1.5)
-        ax.set_ylim(0, 1)
-        for mark in marks:  # the thresholds of the accuracy columns (DATASETS.md)
-            ax.axvline(mark, color="0.35", linestyle="--", linewidth=0.8)
-            ax.annotate(fmt.format(mark), (mark, 1.0), xytext=(2, -10), textcoords="offset points", fontsize=7,
-                        color="0.25")
-        ax.set_xlabel(unit)
-        ax.set_ylabel("fraction of test images")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel(f"median {what} error / baseline's geometric mean on the scene (log scale)")
+        ax.set_ylabel("share of runs at most x")
         ax.grid(alpha=0.3, which="both")
     axes[1].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"{scene}: test errors of the last-epoch models, all seeds pooled; dashed: accuracy thresholds")
+    fig.suptitle(f"{GROUP_TITLES.get(group, group)}, {arch} students: performance profiles over {n_scenes} "
+                 f"scene{'s' if n_scenes != 1 else ''}; bands: 95% stratified bootstrap (seed {seed}); "
+                 f"dashed: the baseline's level", fontsize=9)
     return fig
 
 
@@ -251,12 +225,7 @@ def write_plots(df: pd.DataFrame, profiles: pd.DataFrame, out_dir: str | os.Path
     jobs = jobs.assign(label=row_labels(jobs))
     acc, eff = accuracy_table(df), efficiency_table(profiles)
     written = []
-    for scene, part in jobs.groupby("scene", sort=False):
-        errors = pooled_errors(part, runs_dir)
-        if errors.empty:
-            _warn(f"{scene}: no predictions.csv found, no CDF")
-            continue
-        written.append(cdf_plot(errors, scene, out / f"cdf-{scene}.png"))
+    written += _profiles(jobs, out, int(df.attrs.get("bootstrap_seed", bootstrap.BOOTSTRAP_SEED)))
     for group in dict.fromkeys(acc["group"]):
         written += _group_cd_diagrams(df, jobs, group, out)
         written += _group_tradeoffs(acc, eff, group, out)
@@ -264,6 +233,22 @@ def write_plots(df: pd.DataFrame, profiles: pd.DataFrame, out_dir: str | os.Path
     from kdbench.reports.tuning import tuning_plots
 
     written += tuning_plots(runs_dir, out)  # kdbench tune's studies, where the runs folder has any
+    return written
+
+
+def _profiles(jobs: pd.DataFrame, out: Path, seed: int) -> list[Path]:
+    """profile-<group>[-<arch>].png per group and student architecture that has a baseline."""
+    written = []
+    students = jobs[jobs["role"] == "student"]
+    for group, part in students.groupby("group", sort=False):
+        archs = list(dict.fromkeys(part["arch"]))
+        for arch in archs:
+            if not (part[part["arch"] == arch]["method"] == "baseline").any():
+                _warn(f"{group}: no {arch} baseline student, so no performance profile (errors are shown relative "
+                      "to the baseline's)")
+                continue
+            suffix = "" if len(archs) == 1 else f"-{arch}"
+            written.append(profile_plot(students, group, arch, out / f"profile-{group}{suffix}.png", seed))
     return written
 
 

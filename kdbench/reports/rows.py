@@ -29,7 +29,9 @@ def result_jobs(df: pd.DataFrame) -> pd.DataFrame:
     no_teacher = (jobs["role"] == "teacher") | (jobs["method"] == "baseline")
     jobs["teacher_arch"] = jobs["teacher_arch"].where(~no_teacher, "").fillna("")
     jobs = jobs.sort_values("updated", kind="stable") if "updated" in jobs else jobs
-    jobs = jobs.drop_duplicates(ROW_KEY + ["seed"], keep="last")
+    # A crossed design (kdbench run --teacher-seeds) has one result per (student seed, teacher seed).
+    jobs = jobs.drop_duplicates(ROW_KEY + ["seed"] + (["teacher_seed"] if "teacher_seed" in jobs else []),
+                                keep="last")
     medians = jobs[["median_t", "median_r"]].to_numpy(dtype=float)
     jobs["failed"] = (jobs["status"] != "done") | ~np.isfinite(medians).all(axis=1)
     return jobs

@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sst
 
+from kdbench.reports.crossed import per_student_seed
 from kdbench.reports.rows import AVERAGE, GROUP_TITLES, result_jobs, row_labels
 
 ALPHA = 0.05
@@ -164,6 +165,8 @@ def log_ratios(df: pd.DataFrame) -> pd.DataFrame:
     `base_failed`: the baseline's; log_ratio NaN), never dropped. A zero error on one side gives a log ratio of
     -inf or +inf (a ratio cannot say by how much), zero on both sides gives 0 (a tie). `usable`: the log ratio is
     finite, so it can enter a mean; estimates average the usable pairs and count the others.
+    In a crossed design (--teacher-seeds x --student-seeds) the pairs are by scene and student seed: the runs of
+    one student seed with its several teachers count as one (kdbench.reports.crossed).
     """
     jobs = result_jobs(df)
     students = jobs[jobs["role"] == "student"].copy()
@@ -174,8 +177,9 @@ def log_ratios(df: pd.DataFrame) -> pd.DataFrame:
     kd = students[students["method"] != "baseline"]
     out = []
     for metric, (col, _) in METRICS.items():
-        pairs = kd.merge(base[["group", "arch", "scene", "seed", col, "failed"]], on=["group", "arch", "scene", "seed"],
-                         suffixes=("", "_base"))
+        runs = per_student_seed(kd, col, ["group", "arch", "teacher_arch", "method", "label"])  # crossed designs
+        pairs = runs.merge(base[["group", "arch", "scene", "seed", col, "failed"]],
+                           on=["group", "arch", "scene", "seed"], suffixes=("", "_base"))
         e, b = pairs[col].to_numpy(dtype=float), pairs[f"{col}_base"].to_numpy(dtype=float)
         failed, base_failed = pairs["failed"].to_numpy(bool), pairs["failed_base"].to_numpy(bool)
         with np.errstate(divide="ignore", invalid="ignore"):

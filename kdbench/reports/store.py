@@ -92,8 +92,10 @@ PROFILE_COLUMNS = ("arch", "backend", "device", "batch", "crop", "params", "size
                    "latency_median_ms", "latency_p90_ms", "runs", "estimated", "note", "source", "created")
 # Jobs that give the same leaderboard cell (method, scene, seed, preset, hyperparameters): a newer finished
 # one supersedes an older one (new data, epochs, teacher...).
-# A val-scored job never supersedes a test-scored one, nor the reverse.
-_SAME_CELL = ("kind", "scene", "method", "arch", "teacher_arch", "seed", "preset", "params", "eval_split")
+# A val-scored job never supersedes a test-scored one, nor the reverse; the teacher's seed of a crossed design
+# (kdbench run --teacher-seeds) lives in the config (NULL: the student's own).
+_SAME_CELL = ("kind", "scene", "method", "arch", "teacher_arch", "seed", "preset", "params", "eval_split",
+              "CASE WHEN json_valid(config) THEN json_extract(config, '$.teacher_seed') END")
 
 
 def damaged_store_error(path: Path, detail: str) -> KdbenchError:

@@ -26,7 +26,7 @@ from kdbench.reports.store import (
     rebuild_store,
 )
 from kdbench.runners.executors import EXECUTORS
-from kdbench.runners.plan import Job, make_plan, parse_methods, parse_seeds
+from kdbench.runners.plan import Job, crossed_seeds, make_plan, parse_methods, parse_seeds
 from kdbench.runners.preflight import (
     check_checkpoint_every,
     check_device,
@@ -210,12 +210,15 @@ class BenchmarkPlan:
 
 
 def plan_benchmark(methods: str | list[str] = "all", scenes: str | list[str] = "synthetic",
-                   seeds: str | int | list[int] = 1, teacher_arch: str = "resnet34", student_arch: str = "resnet18",
-                   preset: str = "quick", sets: list[str] | None = None, plugins: list[str] | None = None,
-                   executor: str = "local", data_root: str | os.PathLike | None = None,
-                   planner: Any = None, **overrides: Any) -> BenchmarkPlan:
+                   seeds: str | int | list[int] | None = None, teacher_arch: str = "resnet34",
+                   student_arch: str = "resnet18", preset: str = "quick", sets: list[str] | None = None,
+                   plugins: list[str] | None = None, executor: str = "local",
+                   data_root: str | os.PathLike | None = None, planner: Any = None,
+                   teacher_seeds: str | int | list[int] | None = None,
+                   student_seeds: str | int | list[int] | None = None, **overrides: Any) -> BenchmarkPlan:
     """The plan of a run (shared by the run itself and `--dry-run`): validates every argument, trains nothing.
 
+    `seeds` (default 1): teacher seed = student seed; or `teacher_seeds` x `student_seeds` (crossed design).
     `planner(specs, seeds, teacher_arch, student_arch, preset, sets, **overrides) -> jobs` replaces
     make_plan of `methods` (tuning trials, tuned rows: kdbench.runners.tune and .tuned).
     """
@@ -230,12 +233,14 @@ def plan_benchmark(methods: str | list[str] = "all", scenes: str | list[str] = "
     if executor not in EXECUTORS:
         raise KdbenchError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
     specs = resolve_scenes(scenes)
+    crossed = crossed_seeds(seeds, teacher_seeds, student_seeds)
+    seeds = 1 if seeds is None else seeds
     if planner is not None:
         jobs = planner(specs, parse_seeds(seeds), teacher_arch, student_arch, preset, parse_set_args(sets),
                        **overrides)
     else:
         jobs = make_plan(parse_methods(methods), specs, parse_seeds(seeds), teacher_arch, student_arch, preset,
-                         parse_set_args(sets), **overrides)
+                         parse_set_args(sets), crossed=crossed, **overrides)
     load_size = overrides.get("load_size") or get_preset(preset).load_size
     jobs = with_data(jobs, {s.name: _known_fingerprint(s, data_root, load_size) for s in specs})
     frames = {s.name: frame_counts(s, data_root) for s in specs}
@@ -243,7 +248,7 @@ def plan_benchmark(methods: str | list[str] = "all", scenes: str | list[str] = "
 
 
 def preflight_benchmark(methods: str | list[str] = "all", scenes: str | list[str] = "synthetic",
-                        seeds: str | int | list[int] = 1, teacher_arch: str = "resnet34",
+                        seeds: str | int | list[int] | None = None, teacher_arch: str = "resnet34",
                         student_arch: str = "resnet18", preset: str = "quick", sets: list[str] | None = None,
                         plugins: list[str] | None = None, executor: str = "local",
                         data_root: str | os.PathLike | None = None, *, device: str | None = None,
@@ -294,15 +299,20 @@ def is_reusable(row: dict[str, Any] | None) -> bool:
 
 
 def run_benchmark(methods: str | list[str] = "all", scenes: str | list[str] = "synthetic",
-                  seeds: str | int | list[int] = 1, teacher_arch: str = "resnet34", student_arch: str = "resnet18",
-                  preset: str = "quick", sets: list[str] | None = None, plugins: list[str] | None = None,
-                  executor: str = "local", address: str | None = None, runs_dir: str | os.PathLike = "runs",
+                  seeds: str | int | list[int] | None = None, teacher_arch: str = "resnet34",
+                  student_arch: str = "resnet18", preset: str = "quick", sets: list[str] | None = None,
+                  plugins: list[str] | None = None, executor: str = "local", address: str | None = None,
+                  runs_dir: str | os.PathLike = "runs", teacher_seeds: str | int | list[int] | None = None,
+                  student_seeds: str | int | list[int] | None = None,
                   data_root: str | os.PathLike | None = None, quiet: bool = False, device: str | None = None,
                   precision: str | None = "auto", jobs_per_gpu: int | str | None = None,
                   checkpoint_every: float | None = None, rebuild: bool = False,
                   **overrides: Any) -> BenchmarkResult:
     """Run the benchmark; finished jobs (same config and data) are reused, failed ones recorded, none lost.
 
+    `seeds` (default 1) trains a teacher per seed for the students of that seed; `teacher_seeds` and
+    `student_seeds` instead cross them (per scene N teachers x M student seeds of every KD method; the
+    baseline on the M student seeds), so the report can split a row's variance into teacher and student.
     `overrides` set TrainConfig fields for every job (e.g. epochs=2, load_size=32 in tests; weights may be
     `ARCH=PATH,...`). Initial weights and the device are checked before any scene is prepared or job trained.
     `precision` 'auto' is resolved for the device before planning, so every job's config records what it trains
@@ -316,7 +326,8 @@ def run_benchmark(methods: str | list[str] = "all", scenes: str | list[str] = "s
     plan, device, jobs_per_gpu = preflight_benchmark(
         methods, scenes, seeds, teacher_arch, student_arch, preset, sets, plugins, executor, data_root,
         device=device, precision=precision, jobs_per_gpu=jobs_per_gpu, checkpoint_every=checkpoint_every,
-        runs_dir=runs, **overrides)
+        runs_dir=runs, teacher_seeds=teacher_seeds,
+        student_seeds=student_seeds, **overrides)
     jobs, plugins = plan.jobs, plan.plugins
     result = BenchmarkResult(jobs)
     if rebuild:

@@ -216,7 +216,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the benchmark, print the leaderboard and a summary of failures (non-zero exit if any)."""
     from kdbench.runners.benchmark import preflight_benchmark, run_benchmark
 
-    options = dict(methods=args.methods, scenes=args.scenes, seeds=args.seeds, teacher_arch=args.teacher_arch,
+    crossed = args.teacher_seeds is not None or args.student_seeds is not None
+    if args.seeds is None and not crossed:
+        args.seeds = "3"  # the default, resolved here so that --seeds with the crossed flags is an error
+    options = dict(methods=args.methods, scenes=args.scenes, seeds=args.seeds, teacher_seeds=args.teacher_seeds,
+                   student_seeds=args.student_seeds, teacher_arch=args.teacher_arch,
                    student_arch=args.student_arch, preset=args.preset, sets=args.sets, plugins=args.plugin,
                    executor=args.executor, data_root=args.data_root, epochs=args.epochs,
                    batch_size=args.batch_size, load_size=args.load_size, crop_size=args.crop, weights=args.weights,

@@ -59,7 +59,8 @@ def print_dry_run(plan: BenchmarkPlan, runs_dir: str | os.PathLike, data_root: s
             row = rows.get(job.id)
             status = "to run" + (f" (was {row['status']})" if row and row["status"] != "pending" else "")
             n = f"{plan.images(job):,}"
-        table.add_row(str(i), job.kind, c.scene, job.method, c.arch, str(c.seed), str(c.epochs), job.id, status, n)
+        seed = str(c.seed) if c.teacher_seed is None else f"{c.seed} (teacher {c.teacher_seed})"  # crossed design
+        table.add_row(str(i), job.kind, c.scene, job.method, c.arch, seed, str(c.epochs), job.id, status, n)
     out.print(table)
     for spec in plan.specs:
         n_train, n_test = plan.frames[spec.name]

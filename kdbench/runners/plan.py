@@ -1,4 +1,5 @@
-"""The job plan: methods x scenes x seeds, with one shared teacher per (scene, seed)."""
+"""The job plan: methods x scenes x seeds, with one shared teacher per (scene, seed); or a crossed design,
+teacher seeds x student seeds per scene (`crossed_seeds`)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,9 @@ class Job:
 
     @property
     def label(self) -> str:
-        return f"{self.kind} {self.cfg.arch} {self.method} on {self.cfg.scene} (seed {self.cfg.seed})"
+        c = self.cfg
+        teacher = f", teacher seed {c.teacher_seed}" if c.teacher_seed is not None else ""
+        return f"{self.kind} {c.arch} {self.method} on {c.scene} (seed {c.seed}{teacher})"
 
 
 def parse_methods(arg: str | list[str]) -> list[str]:
@@ -89,23 +92,55 @@ def _seed_range(n: int, arg: object) -> list[int] | None:
     return None if n < 1 else list(range(n))
 
 
+def crossed_seeds(seeds: list[int] | None, teacher_seeds: Any = None,
+                  student_seeds: Any = None) -> tuple[list[int], list[int]] | None:
+    """(teacher seeds, student seeds) of a crossed design, or None for the plain one (teacher seed = seed).
+
+    `--teacher-seeds N --student-seeds M` (either alone: the other is 1) means teachers 0..N-1 and student
+    seeds 0..M-1; combining them with `--seeds` is an error, since --seeds already names both.
+    """
+    if teacher_seeds is None and student_seeds is None:
+        return None
+    if seeds is not None:
+        raise KdbenchError("--seeds cannot be combined with --teacher-seeds/--student-seeds: --seeds S trains "
+                           "one teacher per student seed (teacher seed = student seed); for a crossed design "
+                           "give only --teacher-seeds N --student-seeds M")
+    out = []
+    for name, arg in (("--teacher-seeds", teacher_seeds), ("--student-seeds", student_seeds)):
+        try:
+            out.append(parse_seeds(1 if arg is None else arg))
+        except KdbenchError as exc:
+            raise KdbenchError(str(exc).replace("--seeds", name)) from None
+    return out[0], out[1]
+
+
 def make_plan(methods: list[str], scenes: list[SceneSpec], seeds: list[int], teacher_arch: str = "resnet34",
               student_arch: str | list[str] = "resnet18", preset: str = "quick",
-              method_params: dict[str, dict[str, Any]] | None = None, **overrides: Any) -> list[Job]:
+              method_params: dict[str, dict[str, Any]] | None = None,
+              crossed: tuple[list[int], list[int]] | None = None, **overrides: Any) -> list[Job]:
     """Jobs in dependency order: per scene and seed, the teacher first, then one student per method item.
 
     `methods` are items as parse_methods returns them; `method_params` (--set) is the base of every item
     of that method, a variant's own keys win. `student_arch` may list several architectures
     ("mobilenet_v3_large,resnet18"): every method item runs for each, all learning from the one teacher.
+    `crossed` = (teacher seeds, student seeds): per scene a teacher per teacher seed, every KD method on every
+    (teacher seed, student seed) and methods without a teacher (the baseline) on the student seeds; `seeds` is
+    then ignored.
     """
     variants = resolve_methods(methods, method_params)  # validates every --set and variant early
     check_arch(teacher_arch)
     students = parse_archs(",".join(student_arch) if isinstance(student_arch, (list, tuple)) else student_arch)
     n_jobs = len(scenes) * len(seeds) * (len(variants) * len(students) + 1)
+    if crossed is not None:  # an upper bound: teachers, and every method on every (teacher, student) seed
+        n_jobs = len(scenes) * len(crossed[0]) * (1 + len(crossed[1]) * len(variants) * len(students))
     if n_jobs > MAX_PLAN_JOBS:
         raise KdbenchError(f"this plan has about {n_jobs:,} jobs ({len(variants)} method(s) x {len(scenes)} scene(s) "
                            f"x {len(seeds)} seed(s)), more than the {MAX_PLAN_JOBS:,} a run plans at most "
                            "(MAX_PLAN_JOBS): split it over several runs on the same --runs-dir")
+    if crossed is not None:
+        return [j for arch in students
+                for j in _crossed_plan(variants, scenes, *crossed, teacher_arch, arch, preset, overrides)
+                if j.kind == "student" or arch == students[0]]  # one set of teachers for every student arch
     jobs: list[Job] = []
     for spec in scenes:
         for seed in seeds:
@@ -123,6 +158,33 @@ def make_plan(methods: list[str], scenes: list[SceneSpec], seeds: list[int], tea
                                       teacher_arch=teacher_arch if uses_teacher else None, method_label=label,
                                       **_for_arch(overrides, arch))
                     jobs.append(Job("student", cfg, teacher.id if uses_teacher else None, v.label))
+    return jobs
+
+
+def _crossed_plan(variants: list[Any], scenes: list[SceneSpec], teacher_seeds: list[int], student_seeds: list[int],
+                 teacher_arch: str, student_arch: str, preset: str, overrides: dict[str, Any]) -> list[Job]:
+    """Per scene: the teachers of every teacher seed, then the students (see make_plan)."""
+    jobs: list[Job] = []
+    kd = [v for v in variants if get_method(v.name).needs_teacher]
+    alone = [v for v in variants if not get_method(v.name).needs_teacher]
+    for spec in scenes:
+        teachers = {t: Job("teacher", make_config(spec.name, teacher_arch, preset, role="teacher", seed=t,
+                                                  **_for_arch(overrides, teacher_arch))) for t in teacher_seeds}
+        if kd:
+            jobs += teachers.values()
+        for seed in student_seeds:
+            for v in alone:
+                cfg = make_config(spec.name, student_arch, preset, role="student", seed=seed, method=v.name,
+                                  method_params=v.params, **_for_arch(overrides, student_arch))
+                jobs.append(Job("student", cfg, None, v.label))
+            for t in teacher_seeds:
+                teacher = teachers[t]
+                for v in kd:
+                    # teacher_seed only where it differs: a student of its own seed's teacher keeps its v0.2 id
+                    cfg = make_config(spec.name, student_arch, preset, role="student", seed=seed, method=v.name,
+                                      method_params=v.params, teacher_hash=teacher.id, teacher_arch=teacher_arch,
+                                      teacher_seed=None if t == seed else t, **_for_arch(overrides, student_arch))
+                    jobs.append(Job("student", cfg, teacher.id, v.label))
     return jobs
 
 
