@@ -14,6 +14,7 @@ import torch
 from conftest import one_line_error
 
 from kdbench.cli import main
+from kdbench.errors import KdbenchError
 
 RUN = ["run", "--methods", "baseline", "--scenes", "SynthRoom", "--seeds", "1", "--epochs", "1", "--quiet",
        "--batch-size", "4", "--load-size", "32", "--crop", "28"]
@@ -353,6 +354,19 @@ def test_plugin_contract_errors_say_the_contract(tmp_path, tiny_data_root, capsy
                "--quiet"])
     err = one_line_error(capsys, rc)
     assert expected in err and "KeyError" not in err
+
+
+def test_plugin_contract_accepts_stage_tap_aliases():
+    """stage1..stage4 (issue 20's family-neutral names) are taps a plugin may ask for, like layer1..layer4."""
+    from types import SimpleNamespace
+
+    from kdbench.methods.contract import check_taps
+
+    ok = SimpleNamespace(name="p", student_taps=lambda: ("stage2", "embed"), teacher_taps=lambda: ("layer2",))
+    check_taps(ok)
+    bad = SimpleNamespace(name="p", student_taps=lambda: ("stage5",), teacher_taps=lambda: ())
+    with pytest.raises(KdbenchError, match="'stage5', which PoseNet does not have; its taps are stem, stage1"):
+        check_taps(bad)
 
 
 @pytest.mark.parametrize("kwargs, expected", [
