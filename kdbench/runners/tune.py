@@ -305,10 +305,12 @@ def _trial_planner(row: Row, values: dict[str, Any], label: str):
         jobs = make_plan([row.label], specs, seeds, teacher_arch, student_arch, preset, own, **overrides)
         out = []
         for job in jobs:
+            # Labels go into the config too (not hashed): --rebuild-store restores the store's rows from them.
             if job.kind == "teacher":
-                out.append(replace(job, method_label=f"{job.method}{VAL_MARK}"))
+                mark = f"{job.method}{VAL_MARK}"
+                out.append(replace(job, cfg=job.cfg.replace(method_label=mark), method_label=mark))
             else:
-                cfg = job.cfg.replace(lr=float(values[LR_KEY]),
+                cfg = job.cfg.replace(lr=float(values[LR_KEY]), method_label=label,
                                       method_params={**job.cfg.method_params, **method_values})
                 out.append(replace(job, cfg=cfg, method_label=label))
         return out

@@ -182,5 +182,8 @@ def _tuned_job(job, entry: dict[str, Any], label: str, cls):
     values = dict(entry["values"])
     params = {k: cls.hparams[k].parse(v, f"{cls.name}.{k}") for k, v in values.items() if k != "lr"}
     note = f"tuned on validation, {entry.get('trials', '?')} trials"
-    cfg = job.cfg.replace(lr=float(values["lr"]), method_params={**job.cfg.method_params, **params}, tuning=note)
-    return replace(job, cfg=cfg, method_label=label if label != job.method else job.method_label)
+    row = label if label != job.method else job.method_label
+    # The row label goes into the config too (a label, not hashed): --rebuild-store restores rows from it.
+    cfg = job.cfg.replace(lr=float(values["lr"]), method_params={**job.cfg.method_params, **params}, tuning=note,
+                          method_label=row)
+    return replace(job, cfg=cfg, method_label=row)
