@@ -184,3 +184,14 @@ def test_tiny_crossed_run_gives_a_variance_decomposition(tiny_data_root, tmp_pat
     assert row["n_teachers"] == 2 and row["n_students"] == 2 and row["n_scenes"] == 1
     assert row["note"] == "" or row["note"] == "no variance at all"
     assert np.isfinite(row["var_residual"])
+
+
+def test_crossed_variant_rows_record_their_label_for_rebuild_store():
+    jobs = make_plan(["vanilla:alpha=0.7", "baseline"], resolve_scenes("SynthRoom"), [], crossed=([0, 1], [0]))
+    kd = [j for j in jobs if j.kind == "student" and j.cfg.method == "vanilla"]
+    assert len(kd) == 2 and all(j.cfg.method_label == j.method == "vanilla:alpha=0.7" for j in kd)
+
+
+def test_crossed_flags_with_a_planner_are_refused_not_ignored():
+    with pytest.raises(KdbenchError, match="cannot be combined with tuned rows"):
+        plan_benchmark("vanilla", "SynthRoom", teacher_seeds=2, planner=lambda *a, **k: [])

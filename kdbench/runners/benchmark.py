@@ -234,6 +234,9 @@ def plan_benchmark(methods: str | list[str] = "all", scenes: str | list[str] = "
         raise KdbenchError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
     specs = resolve_scenes(scenes)
     crossed = crossed_seeds(seeds, teacher_seeds, student_seeds)
+    if crossed is not None and planner is not None:  # a planner (tuned rows, tuning trials) plans plain seeds only
+        raise KdbenchError("--teacher-seeds/--student-seeds cannot be combined with tuned rows (--hparams, "
+                           "NAME:tuned) yet: run the tuned rows with --seeds S")
     seeds = 1 if seeds is None else seeds
     if planner is not None:
         jobs = planner(specs, parse_seeds(seeds), teacher_arch, student_arch, preset, parse_set_args(sets),

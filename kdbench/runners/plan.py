@@ -152,10 +152,10 @@ def make_plan(methods: list[str], scenes: list[SceneSpec], seeds: list[int], tea
                 for v in variants:
                     uses_teacher = get_method(v.name).needs_teacher
                     # The label is recorded in the config (config.json) too: a rebuilt store shows the same rows.
-                    label = v.label if v.label != v.name else ""
                     cfg = make_config(spec.name, arch, preset, role="student", seed=seed, method=v.name,
                                       method_params=v.params, teacher_hash=teacher.id if uses_teacher else None,
-                                      teacher_arch=teacher_arch if uses_teacher else None, method_label=label,
+                                      teacher_arch=teacher_arch if uses_teacher else None,
+                                      method_label=_config_label(v),
                                       **_for_arch(overrides, arch))
                     jobs.append(Job("student", cfg, teacher.id if uses_teacher else None, v.label))
     return jobs
@@ -175,7 +175,8 @@ def _crossed_plan(variants: list[Any], scenes: list[SceneSpec], teacher_seeds: l
         for seed in student_seeds:
             for v in alone:
                 cfg = make_config(spec.name, student_arch, preset, role="student", seed=seed, method=v.name,
-                                  method_params=v.params, **_for_arch(overrides, student_arch))
+                                  method_params=v.params, method_label=_config_label(v),
+                                  **_for_arch(overrides, student_arch))
                 jobs.append(Job("student", cfg, None, v.label))
             for t in teacher_seeds:
                 teacher = teachers[t]
@@ -183,9 +184,15 @@ def _crossed_plan(variants: list[Any], scenes: list[SceneSpec], teacher_seeds: l
                     # teacher_seed only where it differs: a student of its own seed's teacher keeps its v0.2 id
                     cfg = make_config(spec.name, student_arch, preset, role="student", seed=seed, method=v.name,
                                       method_params=v.params, teacher_hash=teacher.id, teacher_arch=teacher_arch,
-                                      teacher_seed=None if t == seed else t, **_for_arch(overrides, student_arch))
+                                      teacher_seed=None if t == seed else t, method_label=_config_label(v),
+                                      **_for_arch(overrides, student_arch))
                     jobs.append(Job("student", cfg, teacher.id, v.label))
     return jobs
+
+
+def _config_label(variant: Any) -> str:
+    """The variant's row label as its config records it (--rebuild-store reads it back); empty: the method."""
+    return variant.label if variant.label != variant.name else ""
 
 
 def _for_arch(overrides: dict[str, Any], arch: str) -> dict[str, Any]:
