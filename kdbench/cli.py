@@ -309,8 +309,13 @@ def _add_tune_parser(sub: argparse._SubParsersAction, run: argparse.ArgumentPars
     p = sub.add_parser("tune", help="search every row's hyperparameters on the validation split (Optuna), "
                        "equal trials per row; writes tuned.toml")
     for action in run._actions:
-        if action.option_strings and action.dest not in ("help", "config", "dry_run", "rebuild_store", "hparams"):
-            p._add_action(copy.copy(action))  # argparse has no public way to share options between parsers
+        # not the crossed design's seeds either: a tune trains plain --seeds (they would be silently ignored)
+        if action.option_strings and action.dest not in ("help", "config", "dry_run", "rebuild_store", "hparams",
+                                                          "teacher_seeds", "student_seeds"):
+            copied = copy.copy(action)  # argparse has no public way to share options between parsers
+            if copied.dest == "seeds":  # run's help names run's default (3)
+                copied.help = "seeds of every trial: a count (2: seeds 0, 1) or a list (0,5,7) (default 1)"
+            p._add_action(copied)
     p.set_defaults(methods="baseline,sckd", scenes="SynthRoom", seeds="1")
     p.add_argument("--trials", type=int, default=4, help="trials per row and scene group (every row the same)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler (TPE): the same seed picks the same values")

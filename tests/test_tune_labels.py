@@ -29,3 +29,13 @@ def test_tuning_trial_labels_are_recorded_in_the_configs():
     jobs = planner([get_scene("SynthRoom")], [0], "resnet34", "resnet18", "quick", {}, eval_split="val")
     assert {j.kind for j in jobs} == {"teacher", "student"}
     assert all(j.cfg.method_label == j.method and "@val" in j.method for j in jobs)
+
+
+def test_tune_does_not_take_the_crossed_design_flags(capsys):
+    import pytest
+
+    from kdbench.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["tune", "--teacher-seeds", "2"])
+    assert "--teacher-seeds" in capsys.readouterr().err
