@@ -405,7 +405,7 @@ def _load_teacher(method: Method, teacher_checkpoint, dev: torch.device, cfg: Tr
         seen = "the whole training split" if teacher_cfg.eval_split != "val" else f"rule {teacher_cfg.val_rule}"
         raise KdbenchError(f"teacher {teacher_checkpoint} was trained on {seen}, so it has seen this student's "
                            f"validation frames ({cfg.val_rule}): train the teacher with the same validation split "
-                           "(`kdbench train --eval-split val`, or `kdbench run` with eval_split val for both)")
+                           "(`kdbench train --eval-split val` for both; `kdbench tune` trains its teachers so)")
     teacher.eval().to(dev)
     for p in teacher.parameters():
         p.requires_grad_(False)
