@@ -131,3 +131,10 @@ def test_huge_plan_fails_fast_naming_the_bound(tmp_path, tiny_data_root, capsys,
     err = one_line_error(capsys, rc)
     assert "MAX_PLAN_JOBS" in err and "several runs" in err
     assert time.perf_counter() - t0 < 10
+
+
+def test_weights_map_keeps_imagenet_and_none_per_architecture(tmp_path, capsys):
+    """`--weights ARCH=imagenet|none,...` (a family's student from ImageNet, a teacher from scratch) is not a path."""
+    rc = main(["run", "--dry-run", "--methods", "vanilla", "--scenes", "SynthRoom", "--seeds", "1",
+               "--runs-dir", str(tmp_path), "--weights", "resnet18=none,resnet34=none"])
+    assert rc == 0, capsys.readouterr().err

@@ -25,7 +25,8 @@ def parse_weights(value: str | None) -> str | dict[str, str] | None:
             if not sep or not arch.strip() or not path.strip():
                 raise KdbenchError(f"--weights {value!r}: expected imagenet, none, PATH or ARCH=PATH,... "
                                    "(e.g. resnet34=r34.pth,resnet18=r18.pth)")
-            out[arch.strip()] = _absolute(path.strip())
+            path = path.strip()  # `mobilenet_v3_small=imagenet,resnet34=t.pth`: the names stay names
+            out[arch.strip()] = path if path in SPECIAL_WEIGHTS else _absolute(path)
         return out
     return _absolute(value)
 
