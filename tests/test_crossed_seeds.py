@@ -195,3 +195,44 @@ def test_crossed_variant_rows_record_their_label_for_rebuild_store():
 def test_crossed_flags_with_a_planner_are_refused_not_ignored():
     with pytest.raises(KdbenchError, match="cannot be combined with tuned rows"):
         plan_benchmark("vanilla", "SynthRoom", teacher_seeds=2, planner=lambda *a, **k: [])
+
+
+def test_leaderboard_cell_counts_student_seeds_not_teacher_student_runs(tmp_path, capsys):
+    from scipy import stats as sps
+
+    from kdbench.reports.leaderboard import accuracy_table
+
+    rng = np.random.default_rng(11)
+    errors = {}  # (teacher, student seed) -> vanilla median_t
+    with ResultsStore(tmp_path) as store:
+        for s in range(3):
+            _add(store, f"b{s}", "SynthRoom", "baseline", s, None, 1.0 + 0.1 * s)
+            for t in range(2):
+                errors[t, s] = float(rng.uniform(0.5, 1.5))
+                _add(store, f"v{t}{s}", "SynthRoom", "vanilla", s, None if t == s else t, errors[t, s])
+    acc = accuracy_table(load_results(tmp_path))
+    cell = acc[(acc["method"] == "vanilla") & (acc["scene"] == "SynthRoom")].iloc[0]
+    assert cell["n_seeds"] == 3 and cell["seeds"] == "0,1,2" and cell["n_runs"] == 6
+    per_seed = np.array([np.mean([np.log(errors[t, s]) for t in range(2)]) for s in range(3)])  # log of the gmeans
+    half = sps.t.ppf(0.975, 2) * per_seed.std(ddof=1) / np.sqrt(3)
+    assert cell["t_mean"] == pytest.approx(np.exp(per_seed.mean()))
+    assert cell["t_ci_lo"] == pytest.approx(np.exp(per_seed.mean() - half))
+    assert cell["t_ci_hi"] == pytest.approx(np.exp(per_seed.mean() + half))
+    assert cell["r_mean"] == pytest.approx(10 * np.exp(per_seed.mean()))
+    assert main(["report", "--runs-dir", str(tmp_path), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert "Crossed design" in doc["footnote"] and "2 teachers per student seed" in doc["footnote"]
+    assert main(["report", "--runs-dir", str(tmp_path), "--format", "markdown"]) == 0
+    assert "n counts student seeds" in capsys.readouterr().out
+
+
+def test_plain_design_footnote_says_nothing_of_a_crossed_design(tmp_path, capsys):
+    with ResultsStore(tmp_path) as store:
+        for s in range(3):
+            _add(store, f"b{s}", "SynthRoom", "baseline", s, None, 1.0 + 0.1 * s)
+            _add(store, f"v{s}", "SynthRoom", "vanilla", s, None, 0.9 + 0.1 * s)
+    assert main(["report", "--runs-dir", str(tmp_path), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert "Crossed design" not in doc["footnote"]
+    cell = [r for r in doc["accuracy"] if r["method"] == "vanilla" and r["scene"] == "SynthRoom"][0]
+    assert cell["n_seeds"] == 3 and cell["n_runs"] == 3

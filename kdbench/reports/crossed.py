@@ -29,3 +29,33 @@ def per_student_seed(kd: pd.DataFrame, col: str, key: list[str]) -> pd.DataFrame
     first = first.drop(columns=["failed"]).join(agg).reset_index()
     first[col] = np.exp(first.pop("_log"))
     return pd.concat([single, first[single.columns]], ignore_index=True)
+
+
+def cells_per_student_seed(results: pd.DataFrame, metrics: list[str], key: list[str]) -> pd.DataFrame:
+    """Result runs (one row per job, `failed` column) as one row per (key, student seed) for leaderboard cells.
+
+    The median errors of a student seed's runs with its several teachers are collapsed to their geometric mean,
+    the other metrics to their mean, so that a cell's n and interval count student seeds, as the pairs do; the
+    seed failed when any of its runs did. `_runs` / `_failed_runs` keep the counts of runs behind each row.
+    """
+    by = key + ["seed"]
+    frame = results[by + metrics + ["failed"]].copy()
+    medians = [c for c in ("median_t", "median_r") if c in metrics]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = frame.assign(**{c: np.log(frame[c].to_numpy(dtype=float)) for c in medians})
+    groups = frame.groupby(by, sort=False, dropna=False)
+    out = groups[metrics].mean()
+    for c in medians:
+        out[c] = np.exp(logs.groupby(by, sort=False, dropna=False)[c].mean())
+    out["failed"] = groups["failed"].any()
+    out["_runs"] = groups.size()
+    out["_failed_runs"] = groups["failed"].sum().astype(int)
+    out.loc[out["failed"], metrics] = float("nan")
+    return out.reset_index()
+
+
+def teachers_per_student_seed(results: pd.DataFrame, key: list[str]) -> int:
+    """The most runs any (key, student seed) has: above 1 only in a crossed design."""
+    if results.empty:
+        return 0
+    return int(results.groupby(key + ["seed"], sort=False, dropna=False).size().max())

@@ -19,6 +19,7 @@ import pandas as pd
 
 from kdbench.errors import KdbenchError
 from kdbench.models.families import ARCHS
+from kdbench.reports.crossed import cells_per_student_seed, teachers_per_student_seed
 from kdbench.reports.front import with_teacher_latency
 from kdbench.reports.rows import (
     AVERAGE,
@@ -156,6 +157,7 @@ def not_shown(df: pd.DataFrame) -> dict[str, int]:
     results = result_jobs(df)
     df = df[~other]
     return {"failed": int(results["failed"].sum()),
+            "teachers per student seed": teachers_per_student_seed(results, ROW_KEY),
             "unfinished": int(df["status"].isin(["pending", "running"]).sum()),
             "superseded": int(df["status"].isin(["done", "failed"]).sum() - len(results)
                               + (df["status"] == "superseded").sum()),
@@ -185,8 +187,9 @@ ACCURACY_COLUMNS = ROW_KEY + ["label", "n_seeds", "n_failed", "n_runs", "seeds",
 def accuracy_table(df: pd.DataFrame, comparison: pd.DataFrame | None = None) -> pd.DataFrame:
     """Numbers of every leaderboard: one row per (group, scene or 'average', row), ordered for display.
 
-    Per cell over the finished seeds (n_seeds): t_mean / r_mean, the geometric mean of the median errors, with
-    its 95% t interval on the log scale (t_ci_lo, t_ci_hi: never below zero) and t_std, the plain standard
+    Per cell over the finished student seeds (n_seeds; in a crossed design a student seed's value is the geometric
+    mean over its teachers' runs, kdbench.reports.crossed): t_mean / r_mean, the geometric mean of the median
+    errors, with its 95% t interval on the log scale (t_ci_lo, t_ci_hi: never below zero) and t_std, the plain standard
     deviation; means over seeds of the other metrics; n_failed of n_runs runs failed or diverged (row_failed of
     row_runs over the group's scenes: the row's failure rate). Δ (dt_pct, dr_pct): the geometric-mean change
     against the baseline student over matched pairs (stats.compare_to_baseline: per scene over its seeds, for
@@ -201,11 +204,16 @@ def accuracy_table(df: pd.DataFrame, comparison: pd.DataFrame | None = None) -> 
     if results.empty:
         return pd.DataFrame(columns=ACCURACY_COLUMNS)
     metrics = ["median_t", "median_r"] + [m for m in EXTRA_METRICS if m in jobs]
-    values = jobs[ROW_KEY + ["seed"] + metrics]
+    # A crossed design has several runs (teachers) per student seed: one value per student seed, as the tests pair.
+    per_seed = cells_per_student_seed(results, metrics, ROW_KEY)
+    ok = per_seed[~per_seed["failed"]]
+    values = ok[ROW_KEY + ["seed"] + metrics]
     averages = _average_values(values)
+    runs = ["_runs", "_failed_runs"]
+    values = ok[ROW_KEY + ["seed"] + metrics + runs]
     if not averages.empty:
-        values = pd.concat([values, averages], ignore_index=True)
-    failures = results.loc[results["failed"], ROW_KEY + ["seed"]].assign(**{m: float("nan") for m in metrics})
+        values = pd.concat([values, averages.assign(_runs=1, _failed_runs=0)], ignore_index=True)
+    failures = per_seed.loc[per_seed["failed"], ROW_KEY + ["seed"] + metrics + runs]
     cells = pd.concat([values.assign(_failed=False), failures.assign(_failed=True)], ignore_index=True)
     acc = pd.DataFrame([_summarise(key, rows) for key, rows in
                         cells.groupby(ROW_KEY, dropna=False, sort=False)])
@@ -232,7 +240,7 @@ def _summarise(key: tuple, rows: pd.DataFrame) -> dict[str, Any]:
 
     out: dict[str, Any] = dict(zip(ROW_KEY, key))
     ok = rows[~rows["_failed"]]
-    out["n_seeds"], out["n_failed"], out["n_runs"] = len(ok), int(rows["_failed"].sum()), len(rows)
+    out["n_seeds"], out["n_failed"], out["n_runs"] = len(ok), int(rows["_failed_runs"].sum()), int(rows["_runs"].sum())
     out["seeds"] = ",".join(str(s) for s in sorted(ok["seed"]))
     for prefix, col in (("t", "median_t"), ("r", "median_r")):
         x = ok[col].to_numpy(dtype=float)
@@ -502,6 +510,11 @@ def footnote(counts: dict[str, int]) -> str:
         lines.append(f"{n} run{' that' if n == 1 else 's that'} failed or diverged {'is' if n == 1 else 'are'} "
                      f"counted as {'a failure' if n == 1 else 'failures'} (column failed), never left out; see "
                      f"`kdbench runs --status failed`.")
+    if counts.get("teachers per student seed", 0) > 1:
+        lines.append(f"Crossed design (--teacher-seeds x --student-seeds, up to {counts['teachers per student seed']} "
+                     "teachers per student seed): a KD cell's value per student seed is the geometric mean over its "
+                     "teachers' runs; n counts student seeds and the intervals are over those (a student seed fails "
+                     "when any of its runs did; failed counts runs).")
     if counts.get("unfinished"):
         n = counts["unfinished"]
         lines.append(f"{n} unfinished {'job is' if n == 1 else 'jobs are'} not shown; see `kdbench runs`.")
