@@ -216,3 +216,28 @@ def test_report_plots_the_search(tuned, tmp_path):
     assert main(["report", "--runs-dir", str(tuned), "--plots", str(tmp_path / "plots")]) == 0
     names = {p.name for p in (tmp_path / "plots").iterdir()}
     assert {"tune-curve-synthetic.png", "tune-sensitivity-synthetic.png"} <= names
+
+
+def test_tune_of_several_student_archs_is_refused_before_any_study(tmp_path, capsys):
+    err = one_line_error(capsys, main(["tune", "--student-arch", "resnet18,mobilenet_v3_small", "--runs-dir",
+                                       str(tmp_path / "runs")]))
+    assert "tune one student architecture at a time: --student-arch A" in err and "resnet18,mobilenet_v3_small" in err
+    assert not (tmp_path / "runs" / "tune").exists()
+
+
+def test_tuned_file_records_its_arch_and_run_hparams_refuses_another(tmp_path, capsys):
+    from kdbench.runners.tune import TuneOptions
+    from kdbench.runners.tuned import read_tuned_arch, write_tuned
+
+    path = write_tuned({}, tmp_path / "empty.toml", "group", 2, "tune", opts=TuneOptions(seeds=[0],
+                                                                                       student_arch="resnet34"))
+    assert read_tuned_arch(path) == "resnet34"
+    tuned = tmp_path / "tuned.toml"
+    tuned.write_text('[meta]\nformat = "kdbench-tuned-1"\nstudent_arch = "resnet18"\n\n'
+                     '[rows."baseline".synthetic]\nvalues = { lr = 0.002 }\nval_error = 0.5\ntrials = 2\ntrial = 1\n')
+    base = ["run", "--dry-run", "--hparams", str(tuned), "--methods", "baseline", "--scenes", "SynthRoom",
+            "--seeds", "1", "--runs-dir", str(tmp_path / "runs")]
+    assert main([*base, "--student-arch", "resnet18"]) == 0
+    capsys.readouterr()
+    err = one_line_error(capsys, main([*base, "--student-arch", "resnet18,mobilenet_v3_small"]))
+    assert "tuned for --student-arch resnet18, not mobilenet_v3_small" in err

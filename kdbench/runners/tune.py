@@ -19,6 +19,9 @@ failed), counted under a lock so that parallel processes do not overshoot. A tri
 process (its lock is free) is marked failed-stale, not counted, and its values are asked again, so its jobs
 resume from their checkpoints. The sampler (TPE) is seeded per trial from --seed, the study and the trial's
 number: the same seed picks the same values, also across a resume.
+
+One student architecture per tune (a --student-arch list is refused: its studies would average over the
+architectures and give each the same values); tuned.toml records it and `run --hparams` refuses another.
 """
 
 from __future__ import annotations
@@ -74,6 +77,20 @@ def check_trials(trials: Any) -> int:
         raise KdbenchError(f"--trials {trials!r}: every row needs at least one trial; give a whole number >= 1, "
                            "e.g. --trials 20")
     return trials
+
+
+def one_student_arch(arch: Any) -> str:
+    """--student-arch of a tune as one checked name: a study tunes one architecture (values chosen on an average
+    over several would be given to each of them), so a list is refused."""
+    from kdbench.models.families import parse_archs
+
+    text = ",".join(arch) if isinstance(arch, (list, tuple)) else str(arch)
+    archs = parse_archs(text)
+    if len(archs) > 1:
+        raise KdbenchError(f"--student-arch {text!r}: tune one student architecture at a time: --student-arch A "
+                           f"(e.g. --student-arch {archs[0]}; for the next, another tune with --student-arch "
+                           f"{archs[1]} --study NAME --out FILE)")
+    return archs[0]
 
 
 def row_spaces(items: list[str], sets: dict[str, dict[str, str]], preset_lr: float) -> list[Row]:
@@ -391,6 +408,7 @@ def tune(methods: str | list[str] = DEFAULTS["methods"], scenes: str | list[str]
 
     t0 = time.perf_counter()
     check_trials(trials)
+    options["student_arch"] = one_student_arch(options.get("student_arch") or TuneOptions.student_arch)
     if select not in SELECTIONS:
         raise KdbenchError(f"--select {select!r}: use group (once per scene group) or scene (per scene)")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:

@@ -76,7 +76,8 @@ def write_tuned(studies: dict[tuple[str, str], Any], path: str | os.PathLike, se
              f"storage = {_toml_value(str(storage) if storage else '')}", f"selection = {_toml_value(select)}",
              f"trials = {trials}", f"seed = {seed}", 'split = "val"']
     if opts is not None:
-        lines += [f"preset = {_toml_value(opts.preset)}", f"seeds = {_toml_value(opts.seeds)}"]
+        lines += [f"preset = {_toml_value(opts.preset)}", f"seeds = {_toml_value(opts.seeds)}",
+                  f"student_arch = {_toml_value(opts.student_arch)}"]  # the values are this architecture's
     lines.append("")
     for (label, group), st in studies.items():
         scenes = st.user_attrs.get("scenes", [])
@@ -90,6 +91,15 @@ def write_tuned(studies: dict[tuple[str, str], Any], path: str | os.PathLike, se
     path = Path(path)
     write_text_atomic(path, "\n".join(lines))
     return path
+
+
+def read_tuned_arch(path: str | os.PathLike) -> str | None:
+    """The student architecture a tuned file's values were chosen for (None in files written before it was
+    recorded)."""
+    from kdbench.runners.benchconfig import tomllib
+
+    with open(path, "rb") as fh:
+        return tomllib.load(fh).get("meta", {}).get("student_arch")
 
 
 def read_tuned(path: str | os.PathLike) -> dict[str, dict[str, dict[str, Any]]]:
@@ -152,6 +162,7 @@ def tuned_planner(rows_asked: list[tuple[str, str | None]], path: Path):
     from kdbench.runners.plan import make_plan
 
     rows = read_tuned(path)
+    tuned_arch = read_tuned_arch(path)
 
     def planner(specs, seeds, teacher_arch, student_arch, preset, sets, **overrides):
         jobs, seen = [], set()
@@ -166,6 +177,11 @@ def tuned_planner(rows_asked: list[tuple[str, str | None]], path: Path):
                         raise KdbenchError(f"{path}: row {item!r} was not tuned on {spec.name} or its group "
                                            f"{spec.family} (tuned: {', '.join(rows[item])}): tune it there "
                                            "first, or drop the scene")
+                    for j in part:
+                        if tuned_arch and j.kind == "student" and j.cfg.arch != tuned_arch:
+                            raise KdbenchError(f"{path} was tuned for --student-arch {tuned_arch}, not {j.cfg.arch}: "
+                                               f"run --student-arch {tuned_arch}, or tune {j.cfg.arch} with "
+                                               f"`kdbench tune --student-arch {j.cfg.arch} --out FILE`")
                     part = [_tuned_job(j, entry, label, get_method(name)) for j in part]
                 for job in part:
                     if job.id not in seen:
