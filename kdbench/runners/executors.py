@@ -79,10 +79,12 @@ def run_pool(jobs: list[Job], teachers: dict[str, Job], runs_dir: str | os.PathL
              data_root: str | os.PathLike | None, plugins: tuple[str, ...], slots: list[str],
              on_start: Callable[[Job], None] | None = None,
              checkpoint_every: float | None = None) -> Iterator[dict[str, Any]]:
-    """Run jobs in worker processes, one per slot (a device name); students wait for their teacher."""
+    """Run jobs in worker processes, one per slot (a device name); students wait for their teacher.
+
+    The jobs carry their thread counts already (run_local sets them with `with_threads`).
+    """
     from kdbench.runners.batches import device_data_share
 
-    jobs = with_threads(jobs, job_threads(slots))
     data_share = device_data_share() / (len(slots) // len(set(slots)))  # each job on a GPU holds its own copy
     planned = {j.id for j in jobs}
     results: dict[str, dict[str, Any]] = {}

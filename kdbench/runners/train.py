@@ -128,7 +128,7 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def job_threads(cfg: TrainConfig, resume: dict[str, Any] | None) -> int:
+def training_threads(cfg: TrainConfig, resume: dict[str, Any] | None) -> int:
     """The CPU threads a job trains with: those its checkpoint recorded, else its config's, else torch's now.
 
     CPU results are bitwise reproducible only for a fixed thread count: a resumed job keeps the count it
@@ -145,7 +145,7 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None, out_dir: str | 
           data_share: float | None = None) -> TrainResult:
     """Train `cfg.arch` on `cfg.scene` with `cfg.method` in `cfg.precision`, then evaluate.
 
-    Runs with `job_threads` torch CPU threads (recorded in the config as `threads`) and restores the
+    Runs with `training_threads` torch CPU threads (recorded in the config as `threads`) and restores the
     caller's count after.
 
     Saves a checkpoint when `checkpoint_every` seconds passed since the last one, at the end, and on
@@ -157,7 +157,7 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None, out_dir: str | 
     """
     ckpt_path = Path(out_dir) / CHECKPOINT
     resume = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
-    threads = job_threads(cfg, resume)
+    threads = training_threads(cfg, resume)
     with torch_threads(threads):
         return _train(cfg.replace(threads=threads), resume, data_root, out_dir, teacher_checkpoint, quiet, max_steps,
                       device, on_epoch, checkpoint_every, data_path, data_share)
