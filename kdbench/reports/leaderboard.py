@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from kdbench.errors import KdbenchError
+from kdbench.mathutil import geomean
 from kdbench.models.families import ARCHS
 from kdbench.reports.crossed import cells_per_student_seed, teachers_per_student_seed
 from kdbench.reports.front import with_teacher_latency
@@ -279,11 +280,6 @@ def average_seeds(values: pd.DataFrame, group: str) -> set[int]:
     return set.intersection(*chosen) if chosen else set()
 
 
-def _geomean(x: pd.Series) -> float:
-    x = x.to_numpy(dtype=float)
-    return 0.0 if (x == 0).any() else float(np.exp(np.log(x).mean()))
-
-
 def _average_values(values: pd.DataFrame) -> pd.DataFrame:
     """Per group, row and seed of `average_seeds`: the geometric mean over the group's scenes of the median errors
     (scenes differ in scale: a plain mean of metres would be the largest scene's), the plain mean of the other
@@ -300,7 +296,7 @@ def _average_values(values: pd.DataFrame) -> pd.DataFrame:
             by_seed = rows.groupby("seed")
             mean = by_seed.mean(numeric_only=True)
             for col in ("median_t", "median_r"):
-                mean[col] = by_seed[col].agg(_geomean)
+                mean[col] = by_seed[col].agg(geomean)
             out.append(mean.reset_index().assign(group=group, scene=AVERAGE, **dict(zip(keys, key))))
     if not out:
         return pd.DataFrame(columns=values.columns)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from kdbench.errors import KdbenchError
+from kdbench.mathutil import geomean
 
 TUNE_DIR = "tune"  # under the runs folder
 DEFAULT_STUDY = "tune"
@@ -139,16 +140,16 @@ def scene_groups(specs: list) -> dict[str, list]:
     return groups
 
 
-def geomean(values: list[float]) -> float:
-    """Geometric mean of positive numbers (inf if any is not positive and finite)."""
+def error_geomean(values: list[float]) -> float:
+    """Geometric mean of errors; inf (a trial that loses) when none is given or any is not positive and finite."""
     if not values or any(not (math.isfinite(v) and v > 0) for v in values):
         return math.inf
-    return math.exp(sum(math.log(v) for v in values) / len(values))
+    return geomean(values)
 
 
 def job_error(metrics: dict[str, float]) -> float:
     """A job's validation error: the geometric mean of its median translation and rotation errors."""
-    return geomean([metrics.get("median_t", math.nan), metrics.get("median_r", math.nan)])
+    return error_geomean([metrics.get("median_t", math.nan), metrics.get("median_r", math.nan)])
 
 
 def study_path(runs_dir: str | os.PathLike, study: str) -> Path:
@@ -372,8 +373,8 @@ def run_trial(trial, row: Row, specs: list, opts: TuneOptions, runs_dir: str | o
             errors = [job_error(store.metrics(j.id)) for j in students]
         out.jobs += [j.id for j in students]
         per_job += errors
-        out.scene_errors[spec.name] = geomean(errors)
-        out.value = geomean(per_job)
+        out.scene_errors[spec.name] = error_geomean(errors)
+        out.value = error_geomean(per_job)
         if prune and i < len(specs) - 1:
             trial.report(out.value, i)
             if trial.should_prune():
