@@ -145,11 +145,6 @@ def log_ratio_test(d: Sequence[float], test: bool = True) -> dict[str, object]:
     return {**res, "test": "t", "statistic": float(t.statistic), "p": float(t.pvalue), "wilcoxon_p": float(wil)}
 
 
-def paired_test(method: Sequence[float], base: Sequence[float], test: bool = True) -> dict[str, object]:
-    """`log_ratio_test` of log(method / base) over matched pairs of positive errors."""
-    return log_ratio_test(np.log(np.asarray(method, float)) - np.log(np.asarray(base, float)), test)
-
-
 # matched pairs -------------------------------------------------------------------------------------------------
 PAIR_KEY = ["group", "arch", "teacher_arch", "method", "label", "metric"]
 PAIR_COLUMNS = PAIR_KEY + ["scene", "seed", "error", "base_error", "log_ratio", "failed", "base_failed", "usable"]
