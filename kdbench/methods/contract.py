@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from kdbench.errors import KdbenchError
-from kdbench.models import ALL_TAPS, STAGES, TAPS
+from kdbench.models.families import TAP_LISTING, unknown_taps
 
 CONTRACT = ("loss() must return a non-empty dict of named loss terms, each a scalar tensor computed from the "
             "outputs, whose sum is the training loss, e.g. {'gt': ctx.pose_loss(student, gt), 'kd': ...}")
@@ -21,10 +21,10 @@ def check_taps(method: Any) -> None:
     """Every tap a method asks for exists (before any batch: a typo is not a KeyError deep in a forward hook)."""
     for side in ("student", "teacher"):
         taps = getattr(method, f"{side}_taps")()
-        bad = [t for t in taps if t not in ALL_TAPS]  # stage1..stage4 are the family-neutral layer1..layer4
+        bad = unknown_taps(taps)  # stage1..stage4 are the family-neutral layer1..layer4
         if bad:
             raise KdbenchError(f"method {method.name!r}: {side}_taps() names {', '.join(map(repr, bad))}, which "
-                               f"PoseNet does not have; its taps are {', '.join(TAPS[:1] + STAGES + TAPS[5:])} "
+                               f"PoseNet does not have; its taps are {TAP_LISTING} "
                                "(ResNet's layer1..layer4 = stage1..stage4)")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kdbench.errors import KdbenchError
@@ -100,13 +101,22 @@ def canonical_tap(name: str) -> str:
     return TAP_ALIASES.get(name, name)
 
 
+TAP_LISTING = ", ".join(TAPS[:1] + STAGES + TAPS[5:])  # the taps as errors name them (stage names, not layerN)
+
+
+def unknown_taps(taps, has: Iterable[str] | None = None) -> list[str]:
+    """The names in `taps` that are not taps; with `has` (a network's canonical stage taps), also those it lacks."""
+    have = None if has is None else set(has) | {"pool", "embed"}
+    return [t for t in taps if t not in ALL_TAPS or (have is not None and canonical_tap(t) not in have)]
+
+
 def check_taps(taps, arch: str | None = None) -> tuple[str, ...]:
     """Validate tap names (canonical spelling, stage aliases accepted); the error names the taps there are."""
     taps = tuple(taps)
-    bad = [t for t in taps if t not in ALL_TAPS]
+    bad = unknown_taps(taps)
     if bad:
         where = f"a {arch} PoseNet" if arch else "a PoseNet"
         raise KdbenchError(f"unknown feature tap(s) {', '.join(map(repr, bad))}: {where} has "
-                           f"{', '.join(TAPS[:1] + STAGES + TAPS[5:])} (ResNet's layer1..layer4 = stage1..stage4, "
+                           f"{TAP_LISTING} (ResNet's layer1..layer4 = stage1..stage4, "
                            f"SCKD's module numbers 1-6 = stem, stage1..stage4, pool)")
     return taps

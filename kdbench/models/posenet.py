@@ -14,7 +14,7 @@ from torchvision import models as tvm
 
 from kdbench.errors import KdbenchError
 from kdbench.fileio import read_torch_file
-from kdbench.models.families import ALL_TAPS, STAGES, TAPS, canonical_tap, check_arch, family_of
+from kdbench.models.families import STAGES, TAPS, canonical_tap, check_arch, family_of, unknown_taps
 from kdbench.models.stages import StagePlan, stage_plan
 
 
@@ -63,8 +63,7 @@ class PoseNet(nn.Module):
         return tuple(maps[:1] + stages + maps[1:] + ["pool", "embed"])
 
     def _check_taps(self, taps) -> None:
-        bad = [t for t in taps if t not in ALL_TAPS or
-               (canonical_tap(t) not in ("pool", "embed") and canonical_tap(t) not in self.stages.taps)]
+        bad = unknown_taps(taps, self.stages.taps)
         if bad:
             raise KdbenchError(f"tap(s) {', '.join(map(repr, bad))}: a {self.arch} PoseNet has "
                                f"{', '.join(self.taps())} (ResNet's layer1..layer4 name stage1..stage4)")
