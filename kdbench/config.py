@@ -27,6 +27,10 @@ LEGACY_DEFAULTS: dict[str, Any] = {"eval_split": "test", "teacher_seed": None, "
 LEGACY_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {}
 LABEL_FIELDS: tuple[str, ...] = ("preset", "method_label", "threads", "tuning")
 EVAL_SPLITS = ("test", "val")  # test: train on train, score on test; val: train on train minus val, score on val
+# `kdbench tune`'s studies (written by runners/tune.py, read by reports/tuning.py): their folder under the runs
+# folder, and the search-space key of the learning rate (beside the method's hyperparameter names).
+TUNE_DIR = "tune"
+LR_KEY = "lr"
 
 
 def epoch_lr(base_lr: float, schedule: str, epoch: int, epochs: int) -> float:

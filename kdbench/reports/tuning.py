@@ -15,8 +15,9 @@ from typing import Any
 
 import pandas as pd
 
+from kdbench.config import LR_KEY, TUNE_DIR
+
 TRIAL_COLUMNS = ["file", "study", "row", "method", "group", "trial", "state", "value", "best_so_far"]
-LR_KEY = "lr"  # kdbench.runners.tune.LR_KEY (not imported: reports do not import runners)
 
 
 def _config(text: Any) -> dict[str, Any]:
@@ -74,7 +75,7 @@ def _fmt(v: Any) -> str:
 
 def study_files(runs_dir: str | os.PathLike) -> list[Path]:
     """The study files of a runs folder."""
-    return sorted((Path(runs_dir) / "tune").glob("*.sqlite"))
+    return sorted((Path(runs_dir) / TUNE_DIR).glob("*.sqlite"))
 
 
 def _studies(runs_dir: str | os.PathLike) -> list[tuple[Path, Any]]:

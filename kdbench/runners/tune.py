@@ -36,13 +36,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from kdbench.config import LR_KEY, TUNE_DIR
 from kdbench.errors import KdbenchError
 from kdbench.mathutil import geomean
 
-TUNE_DIR = "tune"  # under the runs folder
 DEFAULT_STUDY = "tune"
 LR_FACTOR = 10.0  # the learning rate is searched over preset lr / 10 .. preset lr x 10 (log)
-LR_KEY = "lr"
 VAL_MARK = "@val"  # in the store's method column of every tuning job: never a leaderboard row
 SELECTIONS = ("group", "scene")
 DEFAULTS = {"methods": "baseline,sckd", "scenes": "SynthRoom", "trials": 4}  # `kdbench tune` with no arguments
