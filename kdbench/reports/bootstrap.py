@@ -154,9 +154,11 @@ def normalised_errors(jobs: pd.DataFrame, group: str, arch: str, col: str) -> di
     """label -> scene -> run errors of one group's students divided by the baseline's geometric mean there."""
     part = jobs[(jobs["group"] == group) & (jobs["arch"] == arch) & (jobs["role"] == "student")]
     base = part[part["method"] == "baseline"]
-    ref = base.groupby("scene")[col].apply(lambda x: float(np.exp(np.log(x.to_numpy(float)).mean())))
     out: dict[str, dict[str, np.ndarray]] = {}
-    for label, rows in part.groupby("label", sort=False):
-        out[label] = {s: g[col].to_numpy(float) / ref[s] for s, g in rows.groupby("scene", sort=False)
-                      if s in ref.index}
+    # A baseline error of 0 gives a reference of 0 and ratios of inf (or nan for 0 / 0): meant, not warned about.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ref = base.groupby("scene")[col].apply(lambda x: float(np.exp(np.log(x.to_numpy(float)).mean())))
+        for label, rows in part.groupby("label", sort=False):
+            out[label] = {s: g[col].to_numpy(float) / ref[s] for s, g in rows.groupby("scene", sort=False)
+                          if s in ref.index}
     return out
