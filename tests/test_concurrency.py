@@ -10,7 +10,13 @@ from kdbench.cli import main
 from kdbench.errors import KdbenchError
 from kdbench.reports.store import ResultsStore
 from kdbench.runners.benchmark import run_benchmark
-from kdbench.runners.concurrency import MAX_JOBS_PER_GPU, auto_jobs_per_gpu, job_slots, parse_jobs_per_gpu
+from kdbench.runners.concurrency import (
+    MAX_JOBS_PER_GPU,
+    auto_jobs_per_gpu,
+    job_memory_bytes,
+    job_slots,
+    parse_jobs_per_gpu,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -56,6 +62,13 @@ def test_jobs_per_gpu_auto_from_memory():
     assert auto_jobs_per_gpu([paper], 8 * 2**30) == 1  # one big job fills a small GPU
     assert auto_jobs_per_gpu([small, paper], 16 * 2**30) < auto_jobs_per_gpu([small], 16 * 2**30)
     assert job_slots([small], 2, "cpu") == ["cpu", "cpu"]
+
+
+def test_a_mobile_student_is_estimated_smaller_than_resnet18():
+    """Families without a table row are estimated from their parameter count, not given ResNet152's figure."""
+    cfg = dict(batch_size=32, load_size=256, crop_size=224, precision="fp32")
+    assert job_memory_bytes(tiny_config(arch="mobilenet_v3_small", **cfg)) < \
+        job_memory_bytes(tiny_config(arch="resnet18", **cfg))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

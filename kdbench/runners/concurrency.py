@@ -14,6 +14,8 @@ computes in a full pool; CPU results are bitwise reproducible only for a fixed t
 
 from __future__ import annotations
 
+from functools import cache
+
 from kdbench.config import TrainConfig
 from kdbench.errors import KdbenchError
 
@@ -25,18 +27,47 @@ CUDA_CONTEXT_BYTES = 600 * 2**20  # per process: CUDA context and cuDNN workspac
 ACTIVATION_BYTES_PER_PIXEL = {"resnet18": 2000, "resnet34": 3000, "resnet50": 8000, "resnet101": 12000,
                               "resnet152": 17000}
 PARAMS_M = {"resnet18": 11.7, "resnet34": 21.8, "resnet50": 25.6, "resnet101": 44.5, "resnet152": 60.2}
+UNKNOWN_PARAMS_M = 60.0  # an architecture torchvision does not describe: counted as a ResNet152
+
+
+@cache
+def params_m(arch: str) -> float:
+    """Millions of parameters: the table's for ResNets, torchvision's weights metadata (no download) otherwise."""
+    if arch in PARAMS_M:
+        return PARAMS_M[arch]
+    from torchvision.models import get_model_weights
+
+    try:
+        return get_model_weights(arch).DEFAULT.meta["num_params"] / 1e6
+    except (ValueError, KeyError, AttributeError):
+        return UNKNOWN_PARAMS_M
+
+
+def activation_bytes_per_pixel(arch: str) -> float:
+    """The table's figure for a ResNet; otherwise that of the smallest ResNet with at least as many parameters.
+
+    Why by parameter count: it orders a family's members, and a mobile student gets a mobile figure, not
+    ResNet152's. Rough: autograd's saved tensors at 224 px (meta device, one image) are 1587 bytes per pixel
+    for resnet18, 483 for mobilenet_v3_small, 1845 for mobilenet_v2 and 2187 for efficientnet_b0, so networks
+    with many activations per parameter may need up to about 1.4x this estimate.
+    """
+    if arch in ACTIVATION_BYTES_PER_PIXEL:
+        return ACTIVATION_BYTES_PER_PIXEL[arch]
+    n = params_m(arch)
+    fits = [ACTIVATION_BYTES_PER_PIXEL[a] for a, m in PARAMS_M.items() if m >= n]
+    return min(fits) if fits else ACTIVATION_BYTES_PER_PIXEL["resnet152"]
 
 
 def job_memory_bytes(cfg: TrainConfig) -> int:
     """Estimated peak GPU memory of one training job (student, optimiser, activations, teacher)."""
     half = 0.5 if cfg.precision in ("bf16", "fp16") else 1.0
     pixels = cfg.batch_size * cfg.crop_size ** 2
-    student = PARAMS_M.get(cfg.arch, 60.0) * 1e6 * 16  # weights, gradients, Adam's two moments
-    acts = pixels * ACTIVATION_BYTES_PER_PIXEL.get(cfg.arch, 17000) * half
+    student = params_m(cfg.arch) * 1e6 * 16  # weights, gradients, Adam's two moments
+    acts = pixels * activation_bytes_per_pixel(cfg.arch) * half
     teacher = 0.0
     if cfg.teacher_arch:  # frozen forward: weights plus the taps it keeps, about a tenth of training's
-        teacher = PARAMS_M.get(cfg.teacher_arch, 60.0) * 1e6 * 4 + 0.1 * pixels * \
-            ACTIVATION_BYTES_PER_PIXEL.get(cfg.teacher_arch, 17000) * half
+        teacher = params_m(cfg.teacher_arch) * 1e6 * 4 + 0.1 * pixels * \
+            activation_bytes_per_pixel(cfg.teacher_arch) * half
     return int(student + acts + teacher + CUDA_CONTEXT_BYTES)
 
 
