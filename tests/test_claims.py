@@ -447,3 +447,19 @@ def _check(match: re.Match, sentence: str, group: str, raw: pd.DataFrame, compar
         for r in claimed.itertuples():
             assert r.label in g["claims"] and r.n_failed == 0 or r.direction == "worse"
         assert len(re.findall(r"resnet18 \w+", g["claims"])) == len(claimed)
+
+
+def test_a_store_of_validation_scored_jobs_only_reports_in_every_format(tmp_path, capsys):
+    # A runs folder after `kdbench tune` holds only eval_split=val jobs: the leaderboard is empty, and the
+    # claims' empty pairs frame must not index columns with its empty `usable` column (KeyError 'group').
+    with ResultsStore(tmp_path) as store:
+        for method in ("baseline", "vanilla"):
+            store.upsert_job({"id": f"val-{method}", "kind": "student", "scene": "SynthRoom", "method": method,
+                              "arch": "resnet18", "teacher_arch": None if method == "baseline" else "resnet34",
+                              "seed": 0, "config": {"eval_split": "val"}, "preset": "quick",
+                              "status": "running"})
+            store.finish_job(f"val-{method}", {"median_t": 1.0, "median_r": 10.0})
+    assert load_results(tmp_path).empty
+    for fmt in ("markdown", "terminal", "json", "csv"):
+        assert main(["report", "--runs-dir", str(tmp_path), "--format", fmt]) == 0, capsys.readouterr().err
+    capsys.readouterr()

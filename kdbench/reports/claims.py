@@ -36,7 +36,8 @@ def students(df: pd.DataFrame) -> pd.DataFrame:
 def matched_log_ratios(df: pd.DataFrame) -> pd.DataFrame:
     """The usable pairs of `stats.log_ratios` (finite log ratios), one row per row, metric, scene and seed."""
     pairs = stats.log_ratios(df)
-    return pairs[pairs["usable"]].reset_index(drop=True)
+    # astype: an empty frame's object column would index columns, not rows (a store of tuning jobs only)
+    return pairs[pairs["usable"].astype(bool)].reset_index(drop=True)
 
 
 @dataclass
