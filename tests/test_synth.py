@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 from pathlib import Path
 
@@ -239,14 +240,15 @@ def test_failed_render_leaves_no_ready_scene_and_keeps_the_old_one(tmp_path, mon
     def flaky_save(img, path):
         calls["n"] += 1
         if calls["n"] % 7 == 0:  # fails midway through each render
-            raise OSError("disk full (simulated)")
+            raise OSError(errno.ENOSPC, "No space left on device (simulated)")
         real_save(img, path)
 
     monkeypatch.setattr(synth, "_save_png", flaky_save)
-    with pytest.raises(OSError, match="simulated"):
+    # a write error is one line (fileio.write_error), and nothing already written changes
+    with pytest.raises(KdbenchError, match="disk full"):
         render_scene("SynthStreet", root, frames_per_seq=3, size=(32, 24), seed=5, quiet=True)
     assert is_on_disk("SynthStreet", root) and _dataset_files(good) == before
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(KdbenchError, match="disk full"):
         render_scene("SynthRoom", root, frames_per_seq=3, size=(32, 24), quiet=True)
     assert not is_on_disk("SynthRoom", root) and not scene_dir("SynthRoom", root).exists()
     assert sorted(p.name for p in root.iterdir() if p.name != ".kdbench-locks") == ["SynthStreet"]  # no temp folders

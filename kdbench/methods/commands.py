@@ -78,8 +78,8 @@ def methods_text() -> str:
               "Variants are rows of their own: kdbench run --methods baseline,sckd,sckd:sigma=0,sckd:alpha=0\n"
               "  (NAME:KEY=VALUE[:KEY=VALUE...]; list values joined with +, e.g. sckd:sc_layers=layer2+layer3)\n"
               "Groups for --methods:\n" + groups + "\n"
-              "kdbench tune searches each method's (tune: ...) ranges and, for every row, the learning rate "
-              "(the preset's / 10 .. x 10, log)")
+              "kdbench tune searches each method's (tune: ...) ranges and, for every row, the learning rate\n"
+              "  (the preset's / 10 .. x 10, log)")
     return "\n\n".join(blocks + [footer])
 
 
