@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -60,15 +61,24 @@ def tiny_config(scene: str = "SynthRoom", arch: str = "resnet18", **overrides):
     return make_config(scene, arch, "quick", **base)
 
 
+@contextmanager
+def torch_threads(n: int):
+    """torch's intra-op thread count set to n inside the block, restored after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny convolutions gain nothing from a second thread, and lose much when the cores are shared."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        yield
 
 
 def one_line_error(capsys, rc: int) -> str:

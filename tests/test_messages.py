@@ -10,8 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import one_line_error
+from conftest import one_line_error, torch_threads
 
 from kdbench.cli import main
 from kdbench.errors import KdbenchError
@@ -25,12 +24,8 @@ def finished(tiny_data_root, tmp_path_factory):
     """A runs folder where one baseline job finished, and the data root it used (both private)."""
     base = tmp_path_factory.mktemp("finished")
     data = Path(shutil.copytree(tiny_data_root, base / "data"))
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         assert main([*RUN, "--data-root", str(data), "--runs-dir", str(base / "runs")]) == 0
-    finally:
-        torch.set_num_threads(n)
     return base / "runs", data
 
 

@@ -5,8 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import one_line_error
+from conftest import one_line_error, torch_threads
 
 from kdbench.cli import main
 from kdbench.fileio import torch_save_atomic
@@ -20,13 +19,9 @@ def trained(tiny_data_root, tmp_path_factory):
     """A private data root and a `kdbench train` student trained on it (1 epoch)."""
     base = tmp_path_factory.mktemp("trained")
     data = Path(shutil.copytree(tiny_data_root, base / "data"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         assert main(["train", "--scene", "SynthRoom", "--runs-dir", str(base / "runs"), "--data-root", str(data),
                      *TINY]) == 0
-    finally:
-        torch.set_num_threads(threads)
     (ckpt,) = (base / "runs").rglob("checkpoint.pt")
     return data, ckpt
 
