@@ -75,7 +75,7 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
 
 def _add_preset_overrides(p: argparse.ArgumentParser, run: bool) -> None:
     """Flags for the preset fields the command has no flag for yet (default: the preset's value)."""
-    from kdbench.config import HEAD_INITS, LR_SCHEDULES, NORMALIZATIONS, POSE_LOSS_FORMS  # torch-free
+    from kdbench.config import BN_STATS, HEAD_INITS, LR_SCHEDULES, NORMALIZATIONS, POSE_LOSS_FORMS  # torch-free
 
     if run:
         p.add_argument("--lr", type=float, default=None, help="Adam learning rate of teachers and students "
@@ -102,6 +102,10 @@ def _add_preset_overrides(p: argparse.ArgumentParser, run: bool) -> None:
                         "mean image, 0-255 scale) (default: the preset's)")
     p.add_argument("--lr-schedule", default=None, choices=LR_SCHEDULES,
                    help="constant or cosine (to 0 by the last epoch) (default: the preset's)")
+    p.add_argument("--bn-stats", default=None, choices=("auto", *BN_STATS),
+                   help="BatchNorm statistics of the scored model: running (training's running averages) or "
+                        "recompute (over the training frames after the last epoch); auto (default): recompute "
+                        "for families with a slow BatchNorm momentum (mobilenet_v3, mnasnet)")
 
 
 def build_parser() -> argparse.ArgumentParser:

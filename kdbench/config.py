@@ -15,6 +15,7 @@ ROLES = ("teacher", "student")
 POSE_LOSS_FORMS = ("sum", "mean")  # sum: ||x - x'||^2 + beta ||q - q'||^2; mean: SCKD/poselstm's nn.MSELoss
 HEAD_INITS = ("torchvision", "sckd")  # sckd: head N(0, 0.01), xyz output N(0, 0.5) (poselstm's init)
 NORMALIZATIONS = ("imagenet", "mean", "sckd")  # see kdbench.scenes.dataset.normalize_batch
+BN_STATS = ("running", "recompute")  # see TrainConfig.bn_stats
 PRECISIONS = ("fp32", "bf16", "fp16")  # what a job trains in; "auto" is resolved per device before hashing
 
 # Identity rules. A field added after v0.2 gets a default that reproduces what jobs did before it existed,
@@ -23,7 +24,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")  # what a job trains in; "auto" is resolve
 # store) but never hashed: they name or describe a job without changing what it computes.
 # A method hyperparameter added later (HParam(..., added_later=True)) is registered the same way, per method,
 # when its method is registered.
-LEGACY_DEFAULTS: dict[str, Any] = {"eval_split": "test", "teacher_seed": None, "val_rule": None}
+LEGACY_DEFAULTS: dict[str, Any] = {"eval_split": "test", "teacher_seed": None, "val_rule": None,
+                                   "bn_stats": "running"}
 LEGACY_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {}
 LABEL_FIELDS: tuple[str, ...] = ("preset", "method_label", "threads", "tuning")
 EVAL_SPLITS = ("test", "val")  # test: train on train, score on test; val: train on train minus val, score on val
@@ -156,6 +158,10 @@ class TrainConfig:
     # Seed of the teacher a student learns from, where it differs from the student's own seed (a crossed
     # teacher-seeds x student-seeds design); None: the same seed (every v0.2 job).
     teacher_seed: int | None = None
+    # BatchNorm statistics the scored model uses (kdbench.models.bn_stats): "running" (the running averages of
+    # training, every v0.2 job) or "recompute" (recomputed over the training frames after the last epoch);
+    # "auto" resolves per architecture (kdbench.models.families.default_bn_stats), as make_config asks.
+    bn_stats: str = "running"
     # Labels (LABEL_FIELDS): recorded with the job, never hashed. The leaderboard row of a method variant
     # ("sckd:alpha=0"; empty: the method's name), and the torch CPU thread count the job trained with.
     method_label: str = ""
@@ -194,6 +200,12 @@ class TrainConfig:
             object.__setattr__(self, "val_rule", parse_rule(self.val_rule).key)  # canonical text
         else:  # a test-scored job has no validation part (so `val_cfg.replace(eval_split="test")` is its test job)
             object.__setattr__(self, "val_rule", None)
+        if self.bn_stats == "auto":
+            from kdbench.models.families import default_bn_stats
+
+            object.__setattr__(self, "bn_stats", default_bn_stats(self.arch))
+        if self.bn_stats not in BN_STATS:
+            raise KdbenchError(f"bn_stats must be one of auto, {', '.join(BN_STATS)}, got {self.bn_stats!r}")
         if self.teacher_seed is not None and self.teacher_seed < 0:
             raise KdbenchError(f"teacher_seed must be >= 0, got {self.teacher_seed}")
 
@@ -242,7 +254,7 @@ def make_config(scene: str, arch: str, preset: str = "quick", role: str = "stude
         scene=spec.name, arch=arch, **p.for_role(role), weight_decay=p.weight_decay, load_size=p.load_size,
         crop_size=p.crop_size, beta=p.beta if p.beta is not None else spec.beta, weights=p.weights,
         lr_schedule=p.lr_schedule, preset=p.name, role=role, pose_loss=p.pose_loss, adam_eps=p.adam_eps,
-        head_init=p.head_init, normalize=p.normalize,
+        head_init=p.head_init, normalize=p.normalize, bn_stats="auto",
     )
     overrides = {k: v for k, v in overrides.items() if v is not None}
     for r in ROLES:

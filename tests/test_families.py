@@ -70,6 +70,10 @@ def test_family_stages_train_and_export(arch, teacher, tmp_path, one_thread):
         assert f.shape[2:] == (224 // expected_stride,) * 2, (arch, name, tuple(f.shape))
     assert tuple(out.features[n].shape[1] for n in ("stem", *STAGES)) == CHANNELS[arch]
     assert out.features["pool"].shape == (1, CHANNELS[arch][-1])
+    # the BatchNorm momentum the family declares (it decides bn_stats="auto") is torchvision's
+    momenta = {m.momentum for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+    declared = family_of(arch).bn_momentum
+    assert sorted(momenta) == ([pytest.approx(declared)] if declared is not None else []), (arch, momenta)
     if meta is None:
         blocks = _block_strides(model, 224)
         order = list(blocks)

@@ -196,7 +196,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def preset_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The preset fields `train` and `run` both take as flags (None: the preset's)."""
     return {k: getattr(args, k) for k in ("weight_decay", "adam_eps", "pose_loss", "head_init", "normalize",
-                                          "lr_schedule")}
+                                          "lr_schedule", "bn_stats")}
 
 
 def _say_if_data_changed(ckpt: dict, spec, data_root: str | None, load_size: int) -> None:

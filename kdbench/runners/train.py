@@ -19,6 +19,7 @@ from kdbench.fileio import read_torch_file, torch_save_atomic, write_json_atomic
 from kdbench.methods import GroundTruth, LossContext, Method, PoseLoss, create_method
 from kdbench.methods.contract import check_taps, check_terms
 from kdbench.models import PoseNet, PoseOutput
+from kdbench.models.bn_stats import recompute_bn_stats
 from kdbench.progress import make_progress
 from kdbench.runners.batches import make_batches
 from kdbench.runners.checkpoints import DEFAULT_EVERY_S, CheckpointPolicy, StopSignals, TrainingStopped, load_weights
@@ -323,6 +324,10 @@ def _train(cfg: TrainConfig, resume: dict[str, Any] | None, data_root: str | os.
         batches.close()
         log.close()
 
+    if cfg.bn_stats == "recompute":  # idempotent: a resumed finished job recomputes the same statistics
+        recompute_bn_stats(student, (_to_device(x, pose, dev)[0] for x, pose in
+                                     eval_train_ds.batches(cfg.batch_size, shuffle=False, drop_last=True)))
+        save(cfg.epochs)  # the checkpoint holds the statistics the job is scored with
     t0 = time.perf_counter()
     if val_rows is not None:  # scored on the validation part of the train cache; the test split is never read
         eval_ds = PoseDataset(train_cache, cfg.crop_size, train=False, normalize=cfg.normalize, seed=cfg.seed,
