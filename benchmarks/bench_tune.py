@@ -2,6 +2,7 @@
 
     python benchmarks/bench_tune.py                 # the default tune: baseline and sckd, 4 trials, SynthRoom
     python benchmarks/bench_tune.py --trials 2      # shorter
+    python benchmarks/bench_tune.py --keep runs-tune   # keep the runs folder, draw the search's plots in it
 
 Runs the default tune (quick preset, one synthetic scene rendered at its default size) in an empty runs
 folder, prints every trial (values, validation error, best so far per row) and the measured training rates
@@ -43,13 +44,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=DEFAULTS["trials"])
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (the 2-core laptop)")
+    ap.add_argument("--keep", type=Path, default=None, metavar="RUNS_DIR",
+                    help="tune in this (empty) folder and keep it; `kdbench report --plots RUNS_DIR/plots` then "
+                         "draws the curve, importances and sensitivity (default: a temporary folder)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     with tempfile.TemporaryDirectory() as tmp:
-        runs, data = Path(tmp) / "runs", Path(tmp) / "data"
+        runs, data = (args.keep, args.keep / "data") if args.keep else (Path(tmp) / "runs", Path(tmp) / "data")
+        if args.keep and args.keep.exists() and any(args.keep.iterdir()):
+            ap.error(f"--keep {args.keep}: the folder is not empty; name a new one (the benchmark times a fresh tune)")
         t0 = time.perf_counter()
-        res = tune(trials=args.trials, runs_dir=runs, data_root=data, quiet=True, device="cpu", jobs_per_gpu=1)
+        res = tune(trials=args.trials, runs_dir=runs, data_root=data, quiet=True)  # what `kdbench tune` does
         wall = time.perf_counter() - t0
         trials = load_trials(runs)
         t_epoch, s_epoch = _rates(runs)

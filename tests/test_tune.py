@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import one_line_error
+from conftest import one_line_error, torch_threads
 
 from kdbench.cli import main
 
@@ -16,6 +16,7 @@ optuna = pytest.importorskip("optuna")
 
 TINY_ARGS = ["--epochs", "1", "--batch-size", "4", "--load-size", "32", "--crop", "28", "--quiet",
              "--jobs-per-gpu", "1"]
+TUNE_THREADS = 2  # the fixture's tune runs on 2 torch threads, as on the 2-core machine
 
 
 def _tune_args(runs: Path, data: Path, methods: str, seed: int = 3, trials: int = 2) -> list[str]:
@@ -44,7 +45,11 @@ def _complete_params(study: optuna.Study) -> list[dict]:
 def tuned(tiny_data_root, tmp_path_factory) -> Path:
     """A finished tune of baseline and vanilla, 2 trials each, on the tiny SynthRoom."""
     runs = tmp_path_factory.mktemp("tuned-runs")
-    assert main(_tune_args(runs, tiny_data_root, "baseline,vanilla")) == 0
+    args = _tune_args(runs, tiny_data_root, "baseline,vanilla")
+    i = args.index("--jobs-per-gpu")
+    del args[i:i + 2]
+    with torch_threads(TUNE_THREADS):  # no --jobs-per-gpu: the default, checked in the first test
+        assert main(args) == 0
     return runs
 
 
@@ -59,6 +64,8 @@ def test_every_row_gets_the_same_trials_and_only_validation_frames_are_scored(tu
     jobs = jobs[jobs["method"].str.contains("@val")]  # what the tune ran (a later test runs test jobs here)
     assert (jobs["status"] == "done").all() and len(jobs) == 1 + 2 + 2  # one teacher shared by every trial
     assert (jobs["config"].map(lambda c: c["eval_split"]) == "val").all()
+    # a trial of one scene and seed is one job at a time: on CPU it gets every thread, not half of them
+    assert (jobs["config"].map(lambda c: c["threads"]) == TUNE_THREADS).all()
     students = jobs[jobs["kind"] == "student"]
     lrs = students["config"].map(lambda c: c["lr"])
     assert lrs.nunique() == 4 and lrs.between(1e-4, 1e-2).all()  # the preset's 1e-3 / 10 .. x 10

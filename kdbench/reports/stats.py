@@ -528,7 +528,7 @@ def summary_sentences(comparison: pd.DataFrame, ranks: pd.DataFrame | None = Non
                                  "seeds, Holm-corrected within the scene.")
         if ranks is not None:
             sentences += _friedman_sentences(ranks[ranks["group"] == group], posthoc)
-        out[group] = sentences
+        out[group] = list(dict.fromkeys(sentences))  # several student archs: a sentence of the group once
     return out
 
 

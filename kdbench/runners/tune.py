@@ -346,6 +346,21 @@ class TrialOutcome:
     error: str | None = None
 
 
+def trial_jobs_per_gpu(opts: TuneOptions) -> int | str | None:
+    """--jobs-per-gpu as given; on CPU by default as many slots as a trial runs jobs at once (its seeds, one
+    scene at a time), so that a trial of one seed trains on every core instead of on half of them. A function of
+    the tune's options only, so a resumed tune gives its jobs the same thread count (kdbench.runners.concurrency)."""
+    from kdbench.runners.concurrency import CPU_JOBS, parse_jobs_per_gpu
+
+    if parse_jobs_per_gpu(opts.jobs_per_gpu) is not None or str(opts.device or "").startswith("cuda"):
+        return opts.jobs_per_gpu
+    import torch
+
+    if opts.device is None and torch.cuda.is_available():
+        return None
+    return max(1, min(len(opts.seeds), CPU_JOBS, torch.get_num_threads()))
+
+
 def run_trial(trial, row: Row, specs: list, opts: TuneOptions, runs_dir: str | os.PathLike,
               prune: bool) -> TrialOutcome:
     """Train and score one trial's jobs scene by scene (a pruned trial stops after a scene)."""
@@ -361,7 +376,7 @@ def run_trial(trial, row: Row, specs: list, opts: TuneOptions, runs_dir: str | o
                             teacher_arch=opts.teacher_arch, student_arch=opts.student_arch, preset=opts.preset,
                             sets=opts.sets, plugins=opts.plugins, executor=opts.executor, address=opts.address,
                             runs_dir=runs_dir, data_root=opts.data_root, quiet=opts.quiet, device=opts.device,
-                            jobs_per_gpu=opts.jobs_per_gpu, checkpoint_every=opts.checkpoint_every,
+                            jobs_per_gpu=trial_jobs_per_gpu(opts), checkpoint_every=opts.checkpoint_every,
                             planner=_trial_planner(row, values, label), eval_split="val", **opts.overrides)
         students = [j for j in res.jobs if j.kind == "student"]
         failed = [res.failed[j.id] for j in res.jobs if j.id in res.failed]
