@@ -277,6 +277,9 @@ def test_report_draws_the_front_per_device(tmp_path):
     lines = [ln for ln in leaderboard.splitlines() if "mobilenet_v3_small" in ln or "resnet18" in ln]
     archs = [("m" if "mobilenet" in ln else "r") for ln in lines if "baseline" in ln or "sckd" in ln]
     assert archs == sorted(archs, key=["r", "m"].index)  # rows grouped by student architecture
+    # a sentence about the group (one scene is too few) once, not once per student architecture
+    assert text.count("one scene is too few for a scene-level claim") == 1
+    assert "than the resnet18 student alone" in text and "than the mobilenet_v3_small student alone" in text
 
 
 def test_profile_measures_every_architecture_of_the_results(tmp_path, capsys, one_thread):

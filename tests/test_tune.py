@@ -209,7 +209,7 @@ def test_search_spaces_are_shown_and_defaults_of_tune(capsys):
     assert (args.methods, args.scenes, args.trials, args.seeds) == ("baseline,sckd", "SynthRoom", 4, "1")
 
 
-def test_report_plots_the_search(tuned, tmp_path):
+def test_report_plots_the_search(tuned, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     from kdbench.reports.tuning import importances, load_trials, sensitivity
 
@@ -220,7 +220,11 @@ def test_report_plots_the_search(tuned, tmp_path):
     sens = sensitivity(trials)
     assert set(sens["param"]) == {"alpha"} and len(sens) == 2  # vanilla's weight; lr and the baseline left out
     assert set(importances(tuned)["row"]) <= {"baseline", "vanilla"}
+    capsys.readouterr()
     assert main(["report", "--runs-dir", str(tuned), "--plots", str(tmp_path / "plots")]) == 0
+    n_val = int((_jobs(tuned)["config"].map(lambda c: c["eval_split"]) == "val").sum())
+    assert f"{n_val} tuning jobs (`kdbench tune`, scored on the validation split) are not shown" in \
+        capsys.readouterr().out  # the footnote counts them: none is on the test leaderboard
     names = {p.name for p in (tmp_path / "plots").iterdir()}
     assert {"tune-curve-synthetic.png", "tune-sensitivity-synthetic.png"} <= names
 

@@ -1,7 +1,8 @@
 """The accuracy-latency front: frames in, frames out (plots.py draws them; leaderboard.py shows the ratios).
 
 One point per (architecture, method) of a group's average row: median translation and rotation error
-(means over scenes and seeds) against the batch-1 latency of that architecture on one device and backend.
+(geometric means over scenes and seeds, as the leaderboard's average) against the batch-1 latency of that
+architecture on one device and backend.
 A point is on the front of a metric when no other point is at once faster and more accurate there. A
 device known only from estimates (kdbench.profile.jetson_nano_estimates) gives points flagged estimated,
 with the estimate's note saying how.

@@ -101,13 +101,16 @@ def load_results(runs_dir: str | os.PathLike, scenes: str | None = None, preset:
                                  "CASE WHEN json_valid(config) THEN json_extract(config, '$.teacher_seed') END "
                                  "AS teacher_seed FROM jobs ORDER BY created", store.conn)
         metrics = pd.read_sql_query("SELECT job_id, name, value FROM metrics", store.conn)
+    if job_ids is not None:
+        jobs = jobs[jobs["id"].isin(set(job_ids))]
+    other_split = int((jobs["eval_split"] != eval_split).sum())
     jobs = jobs[jobs["eval_split"] == eval_split]
     from kdbench.reports.tuning import with_tuning
 
     jobs = with_tuning(jobs)  # "tuned on validation, N trials" where kdbench run --hparams trained the row
-    if job_ids is not None:
-        jobs = jobs[jobs["id"].isin(set(job_ids))]
-    return select_preset(results_frame(jobs, metrics, scenes), preset)
+    out = select_preset(results_frame(jobs, metrics, scenes), preset)
+    out.attrs["other_split"] = (eval_split, other_split)  # counted in the footnote (not_shown)
+    return out
 
 
 def select_preset(df: pd.DataFrame, preset: str | None = None) -> pd.DataFrame:
@@ -153,7 +156,8 @@ def load_profiles(runs_dir: str | os.PathLike) -> pd.DataFrame:
 # accuracy ------------------------------------------------------------------------------------------------
 def not_shown(df: pd.DataFrame) -> dict[str, int]:
     """Counts for the footnote: failed or diverged runs (shown as failures), unfinished (pending/running) jobs,
-    superseded reruns and jobs of other presets (not shown)."""
+    superseded reruns, jobs of other presets and, on a test leaderboard, tuning jobs (not shown)."""
+    split, other_split = df.attrs.get("other_split", ("test", 0))
     other = ~df["in_preset"] if "in_preset" in df else pd.Series(False, index=df.index)
     results = result_jobs(df)
     df = df[~other]
@@ -162,7 +166,8 @@ def not_shown(df: pd.DataFrame) -> dict[str, int]:
             "unfinished": int(df["status"].isin(["pending", "running"]).sum()),
             "superseded": int(df["status"].isin(["done", "failed"]).sum() - len(results)
                               + (df["status"] == "superseded").sum()),
-            "of other presets": int(other.sum())}
+            "of other presets": int(other.sum()),
+            "scored on validation": other_split if split == "test" else 0}
 
 
 def arch_rank(arch: str) -> int:
@@ -514,6 +519,12 @@ def footnote(counts: dict[str, int]) -> str:
     if counts.get("unfinished"):
         n = counts["unfinished"]
         lines.append(f"{n} unfinished {'job is' if n == 1 else 'jobs are'} not shown; see `kdbench runs`.")
+    if counts.get("scored on validation"):
+        n = counts["scored on validation"]
+        lines.append(f"{n} tuning {'job' if n == 1 else 'jobs'} (`kdbench tune`, scored on the validation split) "
+                     f"{'is' if n == 1 else 'are'} not shown, as on every test leaderboard: `kdbench report --plots "
+                     "DIR` draws the search; `kdbench run --hparams RUNS_DIR/tuned.toml` trains the chosen values "
+                     "and scores them on test.")
     if counts.get("superseded"):
         lines.append(f"{counts['superseded']} earlier run(s) of a method and seed that ran again are not "
                      f"counted: the latest run counts.")

@@ -195,7 +195,7 @@ def tradeoff_figure(points: pd.DataFrame, xcol: str, xlabel: str, title: str):
     ax.step(front[xcol], front["t_mean"], where="post", color="crimson", alpha=0.6, label="Pareto front")
     ax.scatter(front[xcol], front["t_mean"], s=160, facecolors="none", edgecolors="crimson", zorder=4)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("median translation error (m), mean over scenes and seeds")
+    ax.set_ylabel("median translation error (m), geometric mean over scenes and seeds")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -318,7 +318,7 @@ def front_figure(points: pd.DataFrame, where: str):
         ax.scatter(front["latency_median_ms"], front[f"{metric}_mean"], s=150, facecolors="none",
                    edgecolors="crimson", zorder=4)
         ax.set_xlabel(f"latency (ms, batch 1, {where})", fontsize=8)
-        ax.set_ylabel(f"median {unit}, mean over scenes and seeds", fontsize=8)
+        ax.set_ylabel(f"median {unit}, geometric mean over scenes and seeds", fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     return fig

@@ -165,6 +165,7 @@ def tuning_plots(runs_dir: str | os.PathLike, out_dir: str | os.PathLike) -> lis
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(xlabel="trial", ylabel="validation error (geometric mean)", yscale="log",
                title=f"{group}: validation error per trial (line: best so far)")
+        _plain_log_ticks(ax.yaxis)
         ax.legend(fontsize=8)
         written.append(_save(fig, out / f"tune-curve-{group}.png"))
         g_imp = imp[imp["group"] == group]
@@ -182,9 +183,19 @@ def tuning_plots(runs_dir: str | os.PathLike, out_dir: str | os.PathLike) -> lis
                 ax.scatter(s["weight"], s["value"], label=f"{row}: {param}", s=18)
             ax.set(xscale="log", yscale="log", xlabel="KD weight (trial's value)",
                    ylabel="validation error", title=f"{group}: sensitivity to the KD weights")
+            _plain_log_ticks(ax.yaxis)
             ax.legend(fontsize=8)
             written.append(_save(fig, out / f"tune-sensitivity-{group}.png"))
     return written
+
+
+def _plain_log_ticks(axis: Any) -> None:
+    """Errors span less than a decade: label the log axis' ticks as plain numbers (3, 4), not as 4x10^0."""
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _pos: f"{v:.3g}")
+    axis.set_major_formatter(plain)
+    axis.set_minor_formatter(plain)
 
 
 def _save(fig: Any, path: Path) -> Path:
