@@ -160,7 +160,8 @@ class TrainConfig:
     teacher_seed: int | None = None
     # BatchNorm statistics the scored model uses (kdbench.models.bn_stats): "running" (the running averages of
     # training, every v0.2 job) or "recompute" (recomputed over the training frames after the last epoch);
-    # "auto" resolves per architecture (kdbench.models.families.default_bn_stats), as make_config asks.
+    # "auto" resolves per architecture (kdbench.models.families.default_bn_stats), as make_config asks, once:
+    # a config copied with replace(arch=...) keeps the value resolved for its first architecture.
     bn_stats: str = "running"
     # Labels (LABEL_FIELDS): recorded with the job, never hashed. The leaderboard row of a method variant
     # ("sckd:alpha=0"; empty: the method's name), and the torch CPU thread count the job trained with.

@@ -219,6 +219,7 @@ def test_models_command_lists_stage_channels_and_strides(capsys):
     out = capsys.readouterr().out
     assert "576 ch /32 (7 px) features.12" in out and "128 ch /8 (28 px) layer2" in out
     assert "convnext: convnext_tiny" in out
+    assert "after the last epoch for mobilenet_v3 (momentum 0.01), mnasnet (momentum 0.0003);" in out
 
 
 def test_front_marks_pareto_points_and_ratios_to_the_teacher(tmp_path):

@@ -223,8 +223,10 @@ def test_report_plots_the_search(tuned, tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", "--runs-dir", str(tuned), "--plots", str(tmp_path / "plots")]) == 0
     n_val = int((_jobs(tuned)["config"].map(lambda c: c["eval_split"]) == "val").sum())
-    assert f"{n_val} tuning jobs (`kdbench tune`, scored on the validation split) are not shown" in \
-        capsys.readouterr().out  # the footnote counts them: none is on the test leaderboard
+    assert f"{n_val} jobs scored on the validation split (`kdbench tune`, `train --eval-split val`) are not " \
+        "shown" in capsys.readouterr().out  # the footnote counts them: none is on the test leaderboard
+    assert main(["report", "--runs-dir", str(tuned), "--scenes", "SynthStreet"]) == 0
+    assert "validation split" not in capsys.readouterr().out  # only those of the scenes shown
     names = {p.name for p in (tmp_path / "plots").iterdir()}
     assert {"tune-curve-synthetic.png", "tune-sensitivity-synthetic.png"} <= names
 

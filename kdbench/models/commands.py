@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from kdbench.errors import KdbenchError
-from kdbench.models.families import FAMILIES, STAGES, canonical_tap, family_of, parse_archs
+from kdbench.models.families import FAMILIES, STAGES, canonical_tap, default_bn_stats, family_of, parse_archs
 
 
 def stage_rows(archs: list[str], crop: int = 224) -> list[dict]:
@@ -37,4 +37,8 @@ def cmd_models(args: argparse.Namespace) -> int:
           f"pool, embed; map sizes at {args.crop} px. Members of each family:")
     for f in FAMILIES:
         print(f"  {f.name}: {', '.join(f.members)}")
+    slow = [f for f in FAMILIES if default_bn_stats(f.members[0]) == "recompute"]
+    print("BatchNorm statistics (--bn-stats auto): recomputed over the training frames after the last epoch for "
+          f"{', '.join(f'{f.name} (momentum {f.bn_momentum:.2g})' for f in slow)}; training's running averages "
+          "for the others (kdbench/models/bn_stats.py)")
     return 0

@@ -103,13 +103,20 @@ def load_results(runs_dir: str | os.PathLike, scenes: str | None = None, preset:
         metrics = pd.read_sql_query("SELECT job_id, name, value FROM metrics", store.conn)
     if job_ids is not None:
         jobs = jobs[jobs["id"].isin(set(job_ids))]
-    other_split = int((jobs["eval_split"] != eval_split).sum())
+    others = jobs[jobs["eval_split"] != eval_split]
     jobs = jobs[jobs["eval_split"] == eval_split]
     from kdbench.reports.tuning import with_tuning
 
     jobs = with_tuning(jobs)  # "tuned on validation, N trials" where kdbench run --hparams trained the row
     out = select_preset(results_frame(jobs, metrics, scenes), preset)
-    out.attrs["other_split"] = (eval_split, other_split)  # counted in the footnote (not_shown)
+    if scenes:  # the footnote counts the other split's jobs of the scenes and preset shown
+        from kdbench.scenes.catalog import resolve_scenes
+
+        others = others[others["scene"].isin({s.name for s in resolve_scenes(scenes)})]
+    chosen = out.attrs.get("preset") or (out["preset"].dropna().iloc[-1] if out["preset"].notna().any() else None)
+    if chosen is not None:
+        others = others[others["preset"] == chosen]
+    out.attrs["other_split"] = (eval_split, len(others))
     return out
 
 
@@ -521,10 +528,10 @@ def footnote(counts: dict[str, int]) -> str:
         lines.append(f"{n} unfinished {'job is' if n == 1 else 'jobs are'} not shown; see `kdbench runs`.")
     if counts.get("scored on validation"):
         n = counts["scored on validation"]
-        lines.append(f"{n} tuning {'job' if n == 1 else 'jobs'} (`kdbench tune`, scored on the validation split) "
-                     f"{'is' if n == 1 else 'are'} not shown, as on every test leaderboard: `kdbench report --plots "
-                     "DIR` draws the search; `kdbench run --hparams RUNS_DIR/tuned.toml` trains the chosen values "
-                     "and scores them on test.")
+        lines.append(f"{n} {'job' if n == 1 else 'jobs'} scored on the validation split (`kdbench tune`, `train "
+                     f"--eval-split val`) {'is' if n == 1 else 'are'} not shown, as on every test leaderboard: "
+                     "`kdbench report --plots DIR` draws a tune's search; `kdbench run --hparams RUNS_DIR/tuned.toml` "
+                     "trains its chosen values and scores them on test.")
     if counts.get("superseded"):
         lines.append(f"{counts['superseded']} earlier run(s) of a method and seed that ran again are not "
                      f"counted: the latest run counts.")

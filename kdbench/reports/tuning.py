@@ -190,12 +190,14 @@ def tuning_plots(runs_dir: str | os.PathLike, out_dir: str | os.PathLike) -> lis
 
 
 def _plain_log_ticks(axis: Any) -> None:
-    """Errors span less than a decade: label the log axis' ticks as plain numbers (3, 4), not as 4x10^0."""
+    """Label a log axis' ticks as plain numbers (3, 4), not as 4x10^0; call after the data is drawn."""
     from matplotlib.ticker import FuncFormatter
 
     plain = FuncFormatter(lambda v, _pos: f"{v:.3g}")
     axis.set_major_formatter(plain)
-    axis.set_minor_formatter(plain)
+    low, high = sorted(axis.get_view_interval())
+    if low > 0 and high / low < 10:  # over a decade the minor ticks would crowd: the decades are labelled
+        axis.set_minor_formatter(plain)
 
 
 def _save(fig: Any, path: Path) -> Path:

@@ -324,11 +324,11 @@ def _train(cfg: TrainConfig, resume: dict[str, Any] | None, data_root: str | os.
         batches.close()
         log.close()
 
+    t0 = time.perf_counter()  # evaluation time, the BatchNorm recomputation included
     if cfg.bn_stats == "recompute":  # idempotent: a resumed finished job recomputes the same statistics
         recompute_bn_stats(student, (_to_device(x, pose, dev)[0] for x, pose in
                                      eval_train_ds.batches(cfg.batch_size, shuffle=False, drop_last=True)))
         save(cfg.epochs)  # the checkpoint holds the statistics the job is scored with
-    t0 = time.perf_counter()
     if val_rows is not None:  # scored on the validation part of the train cache; the test split is never read
         eval_ds = PoseDataset(train_cache, cfg.crop_size, train=False, normalize=cfg.normalize, seed=cfg.seed,
                               rows=val_rows)

@@ -188,10 +188,22 @@ class TuneOptions:
     overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields: epochs, load_size, ...
 
     def setting(self) -> dict[str, Any]:
-        """What the jobs of a study depend on besides the sampled values (a study never mixes two)."""
-        return {"seeds": self.seeds, "teacher_arch": self.teacher_arch, "student_arch": self.student_arch,
-                "preset": self.preset, "sets": sorted(self.sets),
-                "overrides": {k: v for k, v in sorted(self.overrides.items()) if v is not None}}
+        """What the jobs of a study depend on besides the sampled values (a study never mixes two).
+
+        bn_stats enters as the jobs resolve it per architecture, and only where it is not "running" (what every
+        study made before the field computed): a study of MobileNetV3 students made before statistics were
+        recomputed is not resumed with trials that recompute them, and `--bn-stats auto` is the default.
+        """
+        from kdbench.models.families import default_bn_stats
+
+        overrides = {k: v for k, v in sorted(self.overrides.items()) if v is not None}
+        chosen = overrides.pop("bn_stats", "auto")
+        out = {"seeds": self.seeds, "teacher_arch": self.teacher_arch, "student_arch": self.student_arch,
+               "preset": self.preset, "sets": sorted(self.sets), "overrides": overrides}
+        bn = {a: default_bn_stats(a) if chosen == "auto" else chosen for a in (self.teacher_arch, self.student_arch)}
+        if any(v != "running" for v in bn.values()):
+            out["bn_stats"] = bn
+        return out
 
 
 def split_identity() -> dict[str, Any]:
