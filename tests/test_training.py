@@ -136,7 +136,7 @@ def test_learned_weighting_trains_its_two_parameters(tiny_data_root, tmp_path):
 def test_train_and_evaluate_commands(tiny_data_root, tmp_path, capsys):
     out = tmp_path / "cli-run"
     rc = main(["train", "--scene", "synthroom", "--arch", "resnet18", "--epochs", "1", "--batch-size", "4",
-               "--data-root", str(tiny_data_root), "--out", str(out), "--quiet"])
+               "--data-root", str(tiny_data_root), "--out", str(out), "--runs-dir", str(tmp_path / "runs"), "--quiet"])
     assert rc == 0
     assert "median_t" in capsys.readouterr().out
     model, cfg = load_model(out / "checkpoint.pt")

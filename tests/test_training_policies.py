@@ -195,7 +195,8 @@ def test_compile_option_reaches_torch_compile_and_the_config(tiny_data_root, tmp
     monkeypatch.setattr(torch, "compile", fake_compile)
     out = tmp_path / "run"
     rc = main(["train", "--scene", "SynthRoom", "--epochs", "1", "--batch-size", "4", "--data-root",
-               str(tiny_data_root), "--out", str(out), "--quiet", "--compile", "--precision", "fp32"])
+               str(tiny_data_root), "--out", str(out), "--runs-dir", str(tmp_path / "runs"), "--quiet", "--compile",
+               "--precision", "fp32"])
     assert rc == 0 and compiled == ["PoseNet"]
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["config"]["compile"] is True and not any(k.startswith("_orig_mod") for k in ckpt["model"])
