@@ -1,6 +1,6 @@
 """kdbench: knowledge-distillation benchmark for 6-DoF camera pose regression."""
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"
 
 from kdbench.errors import KdbenchError
 
