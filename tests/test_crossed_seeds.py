@@ -222,6 +222,14 @@ def test_leaderboard_cell_counts_student_seeds_not_teacher_student_runs(tmp_path
     assert main(["report", "--runs-dir", str(tmp_path), "--format", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert "Crossed design" in doc["footnote"] and "2 teachers per student seed" in doc["footnote"]
+    # the bootstrap IQM and P(better) count student seeds too: one value per seed, the gmean over its teachers
+    from kdbench.reports.bootstrap import prob_improvement
+
+    gmeans = np.exp(per_seed)
+    iqm = [r for r in doc["bootstrap_errors"] if r["method"] == "vanilla" and r["metric"] == "t"][0]
+    assert iqm["n_runs"] == 3 and iqm["iqm"] == pytest.approx(sps.trim_mean(gmeans, 0.25))
+    claim = [r for r in doc["claims"] if r["method"] == "vanilla" and r["metric"] == "t"][0]
+    assert claim["p_improvement"] == pytest.approx(prob_improvement([gmeans], [np.array([1.0, 1.1, 1.2])]))
     assert main(["report", "--runs-dir", str(tmp_path), "--format", "markdown"]) == 0
     assert "n counts student seeds" in capsys.readouterr().out
 

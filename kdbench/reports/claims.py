@@ -67,9 +67,23 @@ def analyse_claims(df: pd.DataFrame, rope: float | None = None, seed: int | None
     seed = int(df.attrs.get("bootstrap_seed", bootstrap.BOOTSTRAP_SEED) if seed is None else seed)
     jobs = students(df)
     pairs = matched_log_ratios(df)
+    per_seed = one_run_per_student_seed(jobs)  # the bootstrap counts student seeds, as the cells and pairs do
     return Claims(pairs, equivalence.equivalence_table(pairs, rope), power.power_table(pairs),
-                  bootstrap.change_table(pairs, jobs, seed=seed), bootstrap.error_table(jobs, seed=seed),
+                  bootstrap.change_table(pairs, per_seed, seed=seed), bootstrap.error_table(per_seed, seed=seed),
                   variance.variance_table(jobs), rope, seed)
+
+
+def one_run_per_student_seed(jobs: pd.DataFrame) -> pd.DataFrame:
+    """Student jobs with a crossed design's runs of one student seed (one per teacher) collapsed to one, their
+    median errors' geometric mean (kdbench.reports.crossed); the jobs as they are otherwise. The variance
+    decomposition keeps every run: it is what splits the teachers' share from the students'."""
+    from kdbench.reports.crossed import cells_per_student_seed, teachers_per_student_seed
+
+    key = ["group", "scene", "role", "arch", "teacher_arch", "method", "label"]
+    if jobs.empty or teachers_per_student_seed(jobs, key) <= 1:
+        return jobs
+    out = cells_per_student_seed(jobs.assign(failed=False), ["median_t", "median_r"], key)
+    return out.drop(columns=["failed", "_runs", "_failed_runs"])
 
 
 def _pct(v: float) -> str:
