@@ -306,3 +306,20 @@ def one_line_error_of(capsys, rc):
     from conftest import one_line_error
 
     return one_line_error(capsys, rc)
+
+
+def test_front_labels_close_points_of_one_arch_once_top_to_bottom():
+    pytest.importorskip("matplotlib")
+    import pandas as pd
+
+    from kdbench.reports.plots import front_figure
+
+    points = pd.DataFrame({"arch": ["resnet18"] * 3 + ["resnet34"], "role": ["student"] * 3 + ["teacher"],
+                           "method": ["baseline", "sckd", "vanilla", "baseline"],
+                           "latency_median_ms": [15.0, 15.0, 15.0, 32.0], "t_mean": [0.52, 0.53, 0.90, 0.45],
+                           "r_mean": [10.1, 11.4, 10.15, 9.0]})
+    points["on_front_t"] = points["on_front_r"] = [True, False, False, True]
+    fig = front_figure(points, "test")
+    t_ax, r_ax = fig.axes[:2]
+    assert sorted(a.get_text() for a in t_ax.texts) == ["sckd\nbaseline", "teacher", "vanilla"]
+    assert sorted(a.get_text() for a in r_ax.texts) == ["sckd", "teacher", "vanilla\nbaseline"]

@@ -308,10 +308,21 @@ def front_figure(points: pd.DataFrame, where: str):
             part = points[points["arch"] == arch]
             ax.scatter(part["latency_median_ms"], part[f"{metric}_mean"], color=colours[arch], s=22, zorder=3,
                        marker="o" if (part["role"] == "student").all() else "s", label=arch)
-        for p in points.itertuples():
-            ax.annotate(p.method if p.role == "student" else "teacher",
-                        (p.latency_median_ms, getattr(p, f"{metric}_mean")), fontsize=6, xytext=(3, 2),
-                        textcoords="offset points")
+        ys = points[f"{metric}_mean"].astype(float)
+        close = 0.04 * float(ys.max() - ys.min() or 1.0)  # labels nearer than this in y would overprint
+        for _, part in points.groupby("arch", sort=False):  # one arch: one latency; close points, one label
+            clusters: list[list] = []
+            for p in part.sort_values(f"{metric}_mean", ascending=False).itertuples():
+                y = getattr(p, f"{metric}_mean")
+                if clusters and abs(getattr(clusters[-1][-1], f"{metric}_mean") - y) < close:
+                    clusters[-1].append(p)
+                else:
+                    clusters.append([p])
+            for c in clusters:  # names top to bottom, as the points are
+                y = sum(getattr(p, f"{metric}_mean") for p in c) / len(c)
+                ax.annotate("\n".join(p.method if p.role == "student" else "teacher" for p in c),
+                            (c[0].latency_median_ms, y), fontsize=6, xytext=(4, 0), textcoords="offset points",
+                            va="center", linespacing=1.0)
         front = points[points[f"on_front_{metric}"]].sort_values("latency_median_ms")
         ax.step(front["latency_median_ms"], front[f"{metric}_mean"], where="post", color="crimson", alpha=0.6,
                 label="Pareto front")
