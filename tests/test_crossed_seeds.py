@@ -244,3 +244,22 @@ def test_plain_design_footnote_says_nothing_of_a_crossed_design(tmp_path, capsys
     assert "Crossed design" not in doc["footnote"]
     cell = [r for r in doc["accuracy"] if r["method"] == "vanilla" and r["scene"] == "SynthRoom"][0]
     assert cell["n_seeds"] == 3 and cell["n_runs"] == 3
+
+
+def test_claims_bootstrap_leaves_out_a_student_seed_whose_run_with_one_teacher_failed(tmp_path, capsys):
+    with ResultsStore(tmp_path) as store:
+        for s in range(3):
+            _add(store, f"b{s}", "SynthRoom", "baseline", s, None, 1.0 + 0.1 * s)
+            for t in range(2):
+                _add(store, f"v{t}{s}", "SynthRoom", "vanilla", s, None if t == s else t, 0.7 + 0.05 * t + 0.01 * s)
+        store.upsert_job({**store.get_job("v10"), "id": "v10f", "status": "failed"})  # seed 0 with teacher 1
+        store.record_failure("v10f", "RuntimeError: loss is nan")
+    assert main(["report", "--runs-dir", str(tmp_path), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    cell = [r for r in doc["accuracy"] if r["method"] == "vanilla" and r["scene"] == "SynthRoom"][0]
+    iqm = [r for r in doc["bootstrap_errors"] if r["method"] == "vanilla" and r["metric"] == "t"][0]
+    assert cell["n_seeds"] == 2 and iqm["n_runs"] == 2  # seed 0 failed: never its surviving teacher's run alone
+    gmeans = [np.sqrt((0.7 + 0.01 * s) * (0.75 + 0.01 * s)) for s in (1, 2)]
+    from scipy import stats as sps
+
+    assert iqm["iqm"] == pytest.approx(sps.trim_mean(gmeans, 0.25))

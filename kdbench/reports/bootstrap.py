@@ -6,7 +6,8 @@ resamples drawn from `numpy.random.default_rng(seed)`: the same seed gives the s
 recorded in every frame, column `bootstrap_seed`). rliable implements the same and is not a dependency.
 
 - IQM: the interquartile mean (`scipy.stats.trim_mean(x, 0.25)`), robust to one diverged run, less noisy than
-  the median. Of errors: per row, scene and metric, over the runs. Of the change: per row and metric, over the
+  the median. Of errors: per row, scene and metric, over the runs (`n_runs`; in a crossed design over student
+  seeds, each the geometric mean over its teachers: kdbench.reports.claims). Of the change: per row and metric, over the
   matched pairs' log ratios, reported as 100 * (exp(IQM) - 1) percent.
 - P(improvement): per scene, the probability that a run of the method has a lower error than a run of the
   baseline (Mann-Whitney: ties count a half), averaged over scenes (rliable's probability of improvement).

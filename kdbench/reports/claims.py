@@ -67,23 +67,30 @@ def analyse_claims(df: pd.DataFrame, rope: float | None = None, seed: int | None
     seed = int(df.attrs.get("bootstrap_seed", bootstrap.BOOTSTRAP_SEED) if seed is None else seed)
     jobs = students(df)
     pairs = matched_log_ratios(df)
-    per_seed = one_run_per_student_seed(jobs)  # the bootstrap counts student seeds, as the cells and pairs do
+    per_seed = one_run_per_student_seed(df, jobs)  # the bootstrap counts student seeds, as cells and pairs do
     return Claims(pairs, equivalence.equivalence_table(pairs, rope), power.power_table(pairs),
                   bootstrap.change_table(pairs, per_seed, seed=seed), bootstrap.error_table(per_seed, seed=seed),
                   variance.variance_table(jobs), rope, seed)
 
 
-def one_run_per_student_seed(jobs: pd.DataFrame) -> pd.DataFrame:
-    """Student jobs with a crossed design's runs of one student seed (one per teacher) collapsed to one, their
-    median errors' geometric mean (kdbench.reports.crossed); the jobs as they are otherwise. The variance
-    decomposition keeps every run: it is what splits the teachers' share from the students'."""
+def one_run_per_student_seed(df: pd.DataFrame, jobs: pd.DataFrame) -> pd.DataFrame:
+    """The shown student `jobs`, with a crossed design's runs of one student seed (one per teacher) collapsed to
+    one, their median errors' geometric mean (kdbench.reports.crossed); `jobs` as they are otherwise.
+
+    As in the leaderboard cells and the pairs, a student seed fails when any of its runs did (a failure is never
+    averaged away), and is then left out here as failed runs are. The variance decomposition keeps every run:
+    it is what splits the teachers' share from the students'."""
     from kdbench.reports.crossed import cells_per_student_seed, teachers_per_student_seed
+    from kdbench.reports.rows import result_jobs
 
     key = ["group", "scene", "role", "arch", "teacher_arch", "method", "label"]
-    if jobs.empty or teachers_per_student_seed(jobs, key) <= 1:
+    runs = result_jobs(df)
+    runs = runs[runs["role"] == "student"].copy()
+    if runs.empty or teachers_per_student_seed(runs, key[:-1]) <= 1:
         return jobs
-    out = cells_per_student_seed(jobs.assign(failed=False), ["median_t", "median_r"], key)
-    return out.drop(columns=["failed", "_runs", "_failed_runs"])
+    runs["label"] = row_labels(runs)
+    out = cells_per_student_seed(runs, ["median_t", "median_r"], key)
+    return out[~out["failed"]].drop(columns=["failed", "_runs", "_failed_runs"]).reset_index(drop=True)
 
 
 def _pct(v: float) -> str:
@@ -100,7 +107,8 @@ def claims_caption(claims: Claims) -> str:
             f"scenes. MDC: the minimum change the paired t-test detects with 80% power at 0.05 over these pairs "
             f"at their observed SD of the log ratio (noncentral t). IQM Δ: interquartile mean of the pairs' "
             f"log ratios as a change, P(better): probability that a run beats a baseline run on the same scene "
-            f"(averaged over scenes), each with a 95% stratified bootstrap interval (seeds resampled within "
+            f"(averaged over scenes; in a crossed design a run is a student seed, the geometric mean over its "
+            f"teachers), each with a 95% stratified bootstrap interval (seeds resampled within "
             f"scenes, {bootstrap.BOOTSTRAP_SAMPLES} resamples, seed {claims.bootstrap_seed}). Variance: share of "
             f"the row's log-error variance that is the teacher's / the student's (crossed --teacher-seeds x "
             f"--student-seeds runs, two-way random effects; '–' with one teacher per student seed).")

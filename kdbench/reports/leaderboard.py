@@ -521,8 +521,8 @@ def footnote(counts: dict[str, int]) -> str:
     if counts.get("teachers per student seed", 0) > 1:
         lines.append(f"Crossed design (--teacher-seeds x --student-seeds, up to {counts['teachers per student seed']} "
                      "teachers per student seed): a KD cell's value per student seed is the geometric mean over its "
-                     "teachers' runs; n counts student seeds and the intervals are over those (a student seed fails "
-                     "when any of its runs did; failed counts runs).")
+                     "teachers' runs; n counts student seeds and the intervals are over those, as do the claims' "
+                     "IQM and P(better) (a student seed fails when any of its runs did; failed counts runs).")
     if counts.get("unfinished"):
         n = counts["unfinished"]
         lines.append(f"{n} unfinished {'job is' if n == 1 else 'jobs are'} not shown; see `kdbench runs`.")

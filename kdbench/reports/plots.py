@@ -312,7 +312,7 @@ def front_figure(points: pd.DataFrame, where: str):
         close = 0.04 * float(ys.max() - ys.min() or 1.0)  # labels nearer than this in y would overprint
         for _, part in points.groupby("arch", sort=False):  # one arch: one latency; close points, one label
             clusters: list[list] = []
-            for p in part.sort_values(f"{metric}_mean", ascending=False).itertuples():
+            for p in part.sort_values(f"{metric}_mean", ascending=False, kind="stable").itertuples():
                 y = getattr(p, f"{metric}_mean")
                 if clusters and abs(getattr(clusters[-1][-1], f"{metric}_mean") - y) < close:
                     clusters[-1].append(p)
