@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sqlite3
 import tempfile
 import time
 from pathlib import Path
@@ -25,18 +24,19 @@ import torch
 from tabulate import tabulate
 
 from kdbench.config import get_preset
+from kdbench.reports.store import ResultsStore
 from kdbench.reports.tuning import load_trials
 from kdbench.runners.tune import DEFAULTS, tune
 
 
 def _rates(runs: Path) -> tuple[float, float]:
     """Measured seconds per epoch of the teacher and of the students (mean over the tune's jobs)."""
-    with sqlite3.connect(runs / "results.sqlite") as conn:
-        rows = conn.execute("SELECT kind, train_seconds, config FROM jobs WHERE status = 'done'").fetchall()
+    with ResultsStore(runs, create=False) as store:
+        jobs = store.jobs("done")
     per = {"teacher": [], "student": []}
-    for kind, seconds, config in rows:
-        if seconds:
-            per[kind].append(seconds / json.loads(config)["epochs"])
+    for job in jobs:
+        if job["train_seconds"]:
+            per[job["kind"]].append(job["train_seconds"] / json.loads(job["config"])["epochs"])
     return tuple(sum(v) / len(v) if v else float("nan") for v in (per["teacher"], per["student"]))
 
 

@@ -117,6 +117,7 @@ def tame_random_weights(model: PoseNet, crop: int, damping: float = 0.3) -> Pose
                 last = block.bn3 if isinstance(block, Bottleneck) else block.bn2
                 last.weight.mul_(damping)
         norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        momenta = [bn.momentum for bn in norms]  # the family's own (mobilenet_v3 0.01, mnasnet 0.0003)
         for bn in norms:
             bn.reset_running_stats()
             bn.momentum = None  # cumulative average over the calibration batches
@@ -124,8 +125,8 @@ def tame_random_weights(model: PoseNet, crop: int, damping: float = 0.3) -> Pose
         gen = torch.Generator().manual_seed(0)
         for _ in range(2):
             model(torch.randn(4, 3, crop, crop, generator=gen))
-        for bn in norms:
-            bn.momentum = 0.1
+        for bn, momentum in zip(norms, momenta):
+            bn.momentum = momentum
     return model.eval()
 
 
@@ -327,7 +328,8 @@ def result_archs(runs_dir: str | os.PathLike) -> list[str]:
         raise KdbenchError(f"--archs results: no results store at {Path(runs_dir) / STORE_NAME}; run `kdbench run` "
                            f"first, pass --runs-dir, or name the architectures")
     with ResultsStore(runs_dir, create=False) as store:
-        used = {j["arch"] for j in store.jobs()} | {j["teacher_arch"] for j in store.jobs() if j["teacher_arch"]}
+        jobs = store.jobs()
+    used = {j["arch"] for j in jobs} | {j["teacher_arch"] for j in jobs if j["teacher_arch"]}
     if not used:
         raise KdbenchError(f"--archs results: {Path(runs_dir) / STORE_NAME} has no jobs yet; run `kdbench run` first")
     return sorted((check_arch(a) for a in used), key=ARCHS.index)

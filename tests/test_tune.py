@@ -173,7 +173,10 @@ def test_a_study_of_another_space_split_or_budget_is_one_clear_line(tuned, tiny_
     assert "--trials 1" in err and "has 2 finished trials" in err
 
 
-def test_bad_tune_input_is_one_clear_line(tmp_path, capsys):
+def test_bad_tune_input_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    from kdbench.methods import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the plugins leave no trace
     for trials in ("0", "-2"):
         err = one_line_error(capsys, main(["tune", "--trials", trials, "--runs-dir", str(tmp_path)]))
         assert f"--trials {trials}" in err and ">= 1" in err

@@ -40,15 +40,12 @@ from kdbench.methods.base import GroundTruth, HParam, LossContext, Method, PoseL
 from kdbench.methods.checks import check_count, check_nonnegative, check_unit
 from kdbench.methods.registry import register_method
 from kdbench.models import PoseNet, PoseOutput
-
-
-def _has_state(m: nn.Module) -> bool:
-    return any(True for _ in m.parameters()) or any(True for _ in m.buffers())
+from kdbench.models.posenet import has_state
 
 
 def student_units(student: PoseNet) -> list[str]:
     """The student's stateful modules at the granularity a schedule freezes (trunk blocks, head, fc_*)."""
-    return student.trunk_units() + [n for n, m in student.named_children() if n != "trunk" and _has_state(m)]
+    return student.trunk_units() + [n for n, m in student.named_children() if n != "trunk" and has_state(m)]
 
 
 def modules_up_to(student: PoseNet, tap: str) -> list[str]:

@@ -26,7 +26,8 @@ class PoseOutput(NamedTuple):
     features: dict[str, torch.Tensor]
 
 
-def _has_state(m: nn.Module) -> bool:
+def has_state(m: nn.Module) -> bool:
+    """Whether a module holds parameters or buffers (what freezing or saving it concerns)."""
     return any(True for _ in m.parameters()) or any(True for _ in m.buffers())
 
 
@@ -115,9 +116,9 @@ class PoseNet(nn.Module):
 
     def trunk_units(self) -> list[str]:
         """Dotted names of the trunk's stateful blocks in forward order, then its other stateful modules."""
-        blocks = [b for b in self.stages.blocks if _has_state(self.trunk.get_submodule(b))]
+        blocks = [b for b in self.stages.blocks if has_state(self.trunk.get_submodule(b))]
         roots = {b.split(".")[0] for b in self.stages.blocks}
-        rest = [n for n, m in self.trunk.named_children() if n not in roots and _has_state(m)]
+        rest = [n for n, m in self.trunk.named_children() if n not in roots and has_state(m)]
         return [f"trunk.{n}" for n in blocks + rest]
 
     def trunk_modules_up_to(self, tap: str) -> list[str]:
@@ -129,7 +130,7 @@ class PoseNet(nn.Module):
             self._check_taps([tap])
         last = self.stages.blocks.index(self.stages.taps[canon].module)
         upto = self.stages.blocks[:last + 1]
-        return [f"trunk.{b}" for b in upto if _has_state(self.trunk.get_submodule(b))]
+        return [f"trunk.{b}" for b in upto if has_state(self.trunk.get_submodule(b))]
 
 
 def init_head_sckd(model: PoseNet) -> None:

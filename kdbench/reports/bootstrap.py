@@ -24,6 +24,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sst
 
+from kdbench.mathutil import geomean
+from kdbench.reports.stats import METRICS
+
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
 CONFIDENCE = 0.95
@@ -93,7 +96,7 @@ CHANGE_COLUMNS = ["group", "arch", "teacher_arch", "method", "label", "metric", 
                   "p_improvement_hi", "bootstrap_samples", "bootstrap_seed"]
 ERROR_COLUMNS = ["group", "scene", "role", "arch", "teacher_arch", "method", "label", "metric", "n_runs", "iqm",
                  "iqm_lo", "iqm_hi", "bootstrap_samples", "bootstrap_seed"]
-METRIC_COLUMNS = {"t": "median_t", "r": "median_r"}
+METRIC_COLUMNS = {m: col for m, (col, _) in METRICS.items()}  # "t" -> "median_t", "r" -> "median_r"
 
 
 def change_table(pairs: pd.DataFrame, jobs: pd.DataFrame, samples: int = BOOTSTRAP_SAMPLES,
@@ -158,7 +161,7 @@ def normalised_errors(jobs: pd.DataFrame, group: str, arch: str, col: str) -> di
     out: dict[str, dict[str, np.ndarray]] = {}
     # A baseline error of 0 gives a reference of 0 and ratios of inf (or nan for 0 / 0): meant, not warned about.
     with np.errstate(divide="ignore", invalid="ignore"):
-        ref = base.groupby("scene")[col].apply(lambda x: float(np.exp(np.log(x.to_numpy(float)).mean())))
+        ref = base.groupby("scene")[col].agg(geomean)
         for label, rows in part.groupby("label", sort=False):
             out[label] = {s: g[col].to_numpy(float) / ref[s] for s, g in rows.groupby("scene", sort=False)
                           if s in ref.index}

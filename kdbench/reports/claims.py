@@ -12,7 +12,7 @@ their usable (finite) log ratios only: failures and zero errors are counted by t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -52,13 +52,17 @@ class Claims:
     variance: pd.DataFrame
     rope: float
     bootstrap_seed: int
+    _table: pd.DataFrame | None = field(default=None, init=False, repr=False)
 
     def table(self) -> pd.DataFrame:
-        """The four frames joined on (group, arch, teacher_arch, method, label, metric): what every format shows."""
-        key = ["group", "arch", "teacher_arch", "method", "label", "metric"]
-        out = self.equivalence.merge(self.power.drop(columns=["n_pairs"]), on=key, how="left")
-        out = out.merge(self.change.drop(columns=["n_pairs"]), on=key, how="left")
-        return out.merge(self.variance, on=key, how="left")
+        """The four frames joined on (group, arch, teacher_arch, method, label, metric): what every format shows
+        (joined once; every renderer asks for it per group)."""
+        if self._table is None:
+            key = ["group", "arch", "teacher_arch", "method", "label", "metric"]
+            out = self.equivalence.merge(self.power.drop(columns=["n_pairs"]), on=key, how="left")
+            out = out.merge(self.change.drop(columns=["n_pairs"]), on=key, how="left")
+            self._table = out.merge(self.variance, on=key, how="left")
+        return self._table
 
 
 def analyse_claims(df: pd.DataFrame, rope: float | None = None, seed: int | None = None) -> Claims:

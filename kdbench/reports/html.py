@@ -26,8 +26,7 @@ import pandas as pd
 from kdbench.fileio import write_text_atomic
 from kdbench.reports import leaderboard as lb
 from kdbench.reports import stats, tuning
-from kdbench.reports.claims import Claims, analyse_claims, claims_caption, claims_display
-from kdbench.reports.front import with_teacher_latency
+from kdbench.reports.claims import Claims, claims_caption, claims_display
 from kdbench.reports.stats import Significance
 from kdbench.reports.store import STORE_NAME
 
@@ -252,9 +251,7 @@ def _plots_section(images: list[tuple[str, str]] | None) -> list[str]:
 def render_html(df: pd.DataFrame, profiles: pd.DataFrame, runs_dir: str | os.PathLike,
                 images: list[tuple[str, str]] | None = None) -> str:
     """The whole page: leaderboards, significance, efficiency, plots, environment, footnote."""
-    sig = stats.analyse(df)
-    acc, counts = lb.accuracy_table(df, sig.comparison), lb.not_shown(df)
-    eff = with_teacher_latency(lb.efficiency_table(profiles), acc)
+    sig, acc, counts, eff, claims = lb.analysed(df, profiles)
     shown = lb.shown_jobs(df)
     preset = df.attrs.get("preset") or ", ".join(sorted(str(p) for p in shown["preset"].dropna().unique()))
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -267,7 +264,7 @@ def render_html(df: pd.DataFrame, profiles: pd.DataFrame, runs_dir: str | os.Pat
             f"{f', preset {_esc(preset)}' if preset else ''}; generated {stamp}. Click a column header to sort."
             "</p>", f"<nav>{nav}</nav>",
             f'<p class="caption">{_esc(lb.CAPTION if not acc.empty else "No finished runs to show.")}</p>']
-    body += _accuracy_sections(acc, sig, analyse_claims(df))
+    body += _accuracy_sections(acc, sig, claims)
     body += tuning.tuned_section_html(runs_dir, _esc)
     body += _efficiency_section(eff)
     body += _plots_section(images)

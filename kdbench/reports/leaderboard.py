@@ -622,19 +622,27 @@ def terminal_renderables(acc: pd.DataFrame, eff: pd.DataFrame, counts: dict[str,
     return items
 
 
+def analysed(df: pd.DataFrame, profiles: pd.DataFrame, claims: bool = True) -> tuple[Any, pd.DataFrame,
+                                                                                   dict[str, int], pd.DataFrame, Any]:
+    """What every rendering shows, computed once: (significance, accuracy table, footnote counts, efficiency table
+    with latency vs teacher, claims or None when `claims` is False)."""
+    from kdbench.reports import stats
+    from kdbench.reports.claims import analyse_claims
+
+    sig = stats.analyse(df)
+    acc = accuracy_table(df, sig.comparison)
+    eff = with_teacher_latency(efficiency_table(profiles), acc)
+    return sig, acc, not_shown(df), eff, analyse_claims(df) if claims else None
+
+
 def print_terminal(df: pd.DataFrame, profiles: pd.DataFrame, console: Any = None) -> None:
     """Print the whole report on a rich Console (default: standard output at the terminal's own width, so
     tables fold their cells instead of wrapping lines; best students in bold)."""
     from rich.console import Console
 
-    from kdbench.reports import stats
-    from kdbench.reports.claims import analyse_claims
-
     console = console or Console()
-    sig = stats.analyse(df)
-    acc, counts = accuracy_table(df, sig.comparison), not_shown(df)
-    eff = with_teacher_latency(efficiency_table(profiles), acc)
-    for item in terminal_renderables(acc, eff, counts, sig, claims=analyse_claims(df)):
+    sig, acc, counts, eff, claims = analysed(df, profiles)
+    for item in terminal_renderables(acc, eff, counts, sig, claims=claims):
         console.print(item)
 
 
@@ -693,15 +701,10 @@ def render_json(acc: pd.DataFrame, eff: pd.DataFrame, counts: dict[str, int], si
 def render(df: pd.DataFrame, profiles: pd.DataFrame, fmt: str = "markdown", table: str = "accuracy") -> str:
     """The whole report (accuracy per group with its statistics, efficiency, footnote) from the results and
     profiles frames; `table` picks the CSV table."""
-    from kdbench.reports import stats
-
     if fmt not in FORMATS:
         raise KdbenchError(f"unknown report format {fmt!r}: use {', '.join(FORMATS)}")
-    from kdbench.reports.claims import analyse_claims
-
-    sig, claims = stats.analyse(df), analyse_claims(df)
-    acc, counts = accuracy_table(df, sig.comparison), not_shown(df)
-    eff = with_teacher_latency(efficiency_table(profiles), acc)
+    # a CSV of another table never reads the claims (their bootstrap is the costly part)
+    sig, acc, counts, eff, claims = analysed(df, profiles, claims=fmt != "csv" or table == "claims")
     if fmt == "markdown":
         return render_markdown(acc, eff, counts, sig, claims)
     if fmt == "terminal":

@@ -92,10 +92,11 @@ def _studies(runs_dir: str | os.PathLike) -> list[tuple[Path, Any]]:
     return out
 
 
-def load_trials(runs_dir: str | os.PathLike) -> pd.DataFrame:
-    """One row per trial of every study: row, group, number, state, value, best so far, and param_* columns."""
+def load_trials(runs_dir: str | os.PathLike, studies: list | None = None) -> pd.DataFrame:
+    """One row per trial of every study: row, group, number, state, value, best so far, and param_* columns
+    (`studies`: those `_studies(runs_dir)` loaded already)."""
     rows = []
-    for path, study in _studies(runs_dir):
+    for path, study in _studies(runs_dir) if studies is None else studies:
         best = math.inf
         for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
             if t.user_attrs.get("stale"):
@@ -112,11 +113,11 @@ def load_trials(runs_dir: str | os.PathLike) -> pd.DataFrame:
     return df if not df.empty else pd.DataFrame(columns=TRIAL_COLUMNS)
 
 
-def importances(runs_dir: str | os.PathLike) -> pd.DataFrame:
+def importances(runs_dir: str | os.PathLike, studies: list | None = None) -> pd.DataFrame:
     """optuna.importance.get_param_importances per study (fANOVA; needs 2 or more complete trials)."""
     rows = []
-    for _, study in _studies(runs_dir):
-        import optuna
+    for _, study in _studies(runs_dir) if studies is None else studies:
+        import optuna  # there are studies, so optuna is installed
 
         complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
         if len(complete) < 2:
@@ -147,12 +148,13 @@ def tuning_plots(runs_dir: str | os.PathLike, out_dir: str | os.PathLike) -> lis
     """Per scene group: best-so-far curves, importances, KD-weight sensitivity (PNG); [] without studies."""
     from matplotlib.figure import Figure
 
-    trials = load_trials(runs_dir)
+    studies = _studies(runs_dir)  # opened once for the curves and the importances
+    trials = load_trials(runs_dir, studies)
     if trials.empty:
         return []
     out = Path(out_dir)
     written = []
-    imp, sens = importances(runs_dir), sensitivity(trials)
+    imp, sens = importances(runs_dir, studies), sensitivity(trials)
     for group, part in trials.groupby("group"):
         fig = Figure(figsize=(6, 4))
         ax = fig.subplots()

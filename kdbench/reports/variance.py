@@ -18,9 +18,10 @@ import math
 import numpy as np
 import pandas as pd
 
+from kdbench.reports.bootstrap import METRIC_COLUMNS
+
 VARIANCE_COLUMNS = ["group", "arch", "teacher_arch", "method", "label", "metric", "n_teachers", "n_students",
                     "n_scenes", "var_teacher", "var_student", "var_residual", "teacher_pct", "student_pct", "note"]
-METRIC_COLUMNS = {"t": "median_t", "r": "median_r"}
 
 
 def two_way(y: np.ndarray) -> tuple[float, float, float, int, int, int]:
@@ -37,12 +38,10 @@ def decompose(matrices: list[np.ndarray]) -> dict[str, float]:
     """Pooled variance components of complete teacher x student matrices of log errors (one per scene)."""
     ss = np.zeros(3)
     dfs = np.zeros(3)
-    n_t = n_s = 0
     for y in matrices:
         *s, a, b, c = two_way(y)
         ss += s
         dfs += (a, b, c)
-        n_t, n_s = max(n_t, y.shape[0]), max(n_s, y.shape[1])
     if dfs[0] == 0 or dfs[1] == 0 or dfs[2] == 0:
         return {"var_teacher": math.nan, "var_student": math.nan, "var_residual": math.nan}
     ms_t, ms_s, ms_e = ss / dfs
@@ -60,6 +59,9 @@ def variance_table(jobs: pd.DataFrame) -> pd.DataFrame:
     kd = jobs[(jobs["role"] == "student") & (jobs["method"] != "baseline")]
     key = ["group", "arch", "teacher_arch", "method", "label"]
     for k, part in kd.groupby(key, sort=False, dropna=False):
+        n_t = int(part["teacher_seed"].nunique())
+        n_s = int(part["seed"].nunique())
+        per_student = int(part.groupby(["scene", "seed"])["teacher_seed"].nunique().max())
         for metric, col in METRIC_COLUMNS.items():
             mats = []
             for _, scene in part.groupby("scene", sort=False):
@@ -67,12 +69,9 @@ def variance_table(jobs: pd.DataFrame) -> pd.DataFrame:
                 wide = wide.dropna(axis=0, how="any")
                 if wide.shape[0] >= 2 and wide.shape[1] >= 2:
                     mats.append(np.log(wide.to_numpy(float)))
-            n_t = int(part["teacher_seed"].nunique())
-            n_s = int(part["seed"].nunique())
             row = {**dict(zip(key, k)), "metric": metric, "n_teachers": n_t, "n_students": n_s,
                    "n_scenes": len(mats), "var_teacher": math.nan, "var_student": math.nan,
                    "var_residual": math.nan, "teacher_pct": math.nan, "student_pct": math.nan, "note": ""}
-            per_student = int(part.groupby(["scene", "seed"])["teacher_seed"].nunique().max())
             if per_student < 2:  # plain --seeds: teacher seed = student seed, the two are confounded
                 row["note"] = ("one teacher seed per student seed: the teacher's share cannot be told apart from "
                                "the student's (run --teacher-seeds N --student-seeds M, N and M 2 or more)")

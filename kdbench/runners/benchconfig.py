@@ -145,13 +145,16 @@ def blame_config(message: str, args: argparse.Namespace) -> str:
     return message
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """A value as TOML: booleans, numbers (inf and nan as TOML spells them), arrays, inline tables, strings."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in value.items()) + " }"
     return json.dumps(str(value))  # a TOML basic string uses JSON's escapes
 
 
@@ -170,9 +173,9 @@ def resolved_toml(parser: argparse.ArgumentParser, args: argparse.Namespace, not
         if value is None:
             lines.append(f"# {key} = (not set)")
         elif key == "set":
-            lines.append(f"set = {_toml_value(list(value))}")
+            lines.append(f"set = {toml_value(list(value))}")
         else:
-            lines.append(f"{key} = {_toml_value(value)}")
+            lines.append(f"{key} = {toml_value(value)}")
     return "\n".join(lines) + "\n"
 
 

@@ -92,13 +92,26 @@ def parse_jobs_per_gpu(value: str | int | None) -> int | None:
     return n
 
 
+def uses_cuda(device: str | None) -> bool:
+    """Whether jobs of `device` (None: auto, CUDA when available) train on a GPU."""
+    import torch
+
+    return (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+
+
+def cpu_slots(limit: int = CPU_JOBS) -> int:
+    """Jobs at once on the CPU by default: `limit`, at most one per torch thread, at least 1."""
+    import torch
+
+    return max(1, min(limit, torch.get_num_threads()))
+
+
 def job_slots(cfgs: list[TrainConfig], jobs_per_gpu: int | None, device: str | None = None) -> list[str]:
     """One device name per concurrent job: every visible GPU `jobs_per_gpu` times (interleaved), or the CPU."""
     import torch
 
-    use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    if not use_cuda:
-        return ["cpu"] * (jobs_per_gpu or max(1, min(CPU_JOBS, torch.get_num_threads())))
+    if not uses_cuda(device):
+        return ["cpu"] * (jobs_per_gpu or cpu_slots())
     if not torch.cuda.is_available():
         raise KdbenchError("--device cuda: torch sees no CUDA GPU here; use --device cpu")
     gpus = [device] if device and ":" in device else [f"cuda:{i}" for i in range(torch.cuda.device_count())]

@@ -362,15 +362,11 @@ def trial_jobs_per_gpu(opts: TuneOptions) -> int | str | None:
     """--jobs-per-gpu as given; on CPU by default as many slots as a trial runs jobs at once (its seeds, one
     scene at a time), so that a trial of one seed trains on every core instead of on half of them. A function of
     the tune's options only, so a resumed tune gives its jobs the same thread count (kdbench.runners.concurrency)."""
-    from kdbench.runners.concurrency import CPU_JOBS, parse_jobs_per_gpu
+    from kdbench.runners.concurrency import CPU_JOBS, cpu_slots, parse_jobs_per_gpu, uses_cuda
 
-    if parse_jobs_per_gpu(opts.jobs_per_gpu) is not None or str(opts.device or "").startswith("cuda"):
+    if parse_jobs_per_gpu(opts.jobs_per_gpu) is not None or uses_cuda(opts.device):
         return opts.jobs_per_gpu
-    import torch
-
-    if opts.device is None and torch.cuda.is_available():
-        return None
-    return max(1, min(len(opts.seeds), CPU_JOBS, torch.get_num_threads()))
+    return cpu_slots(min(len(opts.seeds), CPU_JOBS))
 
 
 def run_trial(trial, row: Row, specs: list, opts: TuneOptions, runs_dir: str | os.PathLike,

@@ -18,28 +18,16 @@ Either way the jobs record "tuned on validation, N trials" (TrainConfig.tuning) 
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from kdbench.errors import KdbenchError
+from kdbench.runners.benchconfig import toml_value
 
 TUNED_SUFFIX = ":tuned"
 FORMAT = "kdbench-tuned-1"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (int, float)):
-        return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "nan")
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    return json.dumps(str(value))  # a TOML basic string
 
 
 def choose(study, select: str, scenes: list[str]) -> dict[str, dict[str, Any]]:
@@ -72,22 +60,22 @@ def write_tuned(studies: dict[tuple[str, str], Any], path: str | os.PathLike, se
 
     lines = ["# written by `kdbench tune`: hyperparameters chosen on the validation split (never on test);",
              "# use them with `kdbench run --hparams THIS_FILE` (or --methods NAME:tuned)",
-             "[meta]", f"format = {_toml_value(FORMAT)}", f"study = {_toml_value(study)}",
-             f"storage = {_toml_value(str(storage) if storage else '')}", f"selection = {_toml_value(select)}",
+             "[meta]", f"format = {toml_value(FORMAT)}", f"study = {toml_value(study)}",
+             f"storage = {toml_value(str(storage) if storage else '')}", f"selection = {toml_value(select)}",
              f"trials = {trials}", f"seed = {seed}", 'split = "val"']
     if opts is not None:
-        lines += [f"preset = {_toml_value(opts.preset)}", f"seeds = {_toml_value(opts.seeds)}",
-                  f"student_arch = {_toml_value(opts.student_arch)}"]  # the values are this architecture's
+        lines += [f"preset = {toml_value(opts.preset)}", f"seeds = {toml_value(opts.seeds)}",
+                  f"student_arch = {toml_value(opts.student_arch)}"]  # the values are this architecture's
     lines.append("")
     for (label, group), st in studies.items():
         scenes = st.user_attrs.get("scenes", [])
         for key, entry in choose(st, select, scenes).items():
             where = group if key == "group" else key
             lines += [f"[rows.{json.dumps(label)}.{json.dumps(where)}]",
-                      f"method = {_toml_value(st.user_attrs.get('method', label.split(':')[0]))}",
-                      f"values = {_toml_value(entry['values'])}", f"val_error = {_toml_value(entry['val_error'])}",
+                      f"method = {toml_value(st.user_attrs.get('method', label.split(':')[0]))}",
+                      f"values = {toml_value(entry['values'])}", f"val_error = {toml_value(entry['val_error'])}",
                       f"trials = {entry['trials']}", f"trial = {entry['trial']}",
-                      f"scenes = {_toml_value(scenes if key == 'group' else [key])}", ""]
+                      f"scenes = {toml_value(scenes if key == 'group' else [key])}", ""]
     path = Path(path)
     write_text_atomic(path, "\n".join(lines))
     return path
@@ -96,25 +84,20 @@ def write_tuned(studies: dict[tuple[str, str], Any], path: str | os.PathLike, se
 def read_tuned_arch(path: str | os.PathLike) -> str | None:
     """The student architecture a tuned file's values were chosen for (None in files written before it was
     recorded)."""
-    from kdbench.runners.benchconfig import tomllib
+    from kdbench.runners.benchconfig import read_toml
 
-    with open(path, "rb") as fh:
-        return tomllib.load(fh).get("meta", {}).get("student_arch")
+    return read_toml(path).get("meta", {}).get("student_arch")
 
 
 def read_tuned(path: str | os.PathLike) -> dict[str, dict[str, dict[str, Any]]]:
     """rows -> {group or scene -> entry} of a tuned file, checked; errors name the file and the fix."""
-    from kdbench.runners.benchconfig import tomllib
+    from kdbench.runners.benchconfig import read_toml
 
     path = Path(path)
     if not path.is_file():
         raise KdbenchError(f"tuned file {path} does not exist: run `kdbench tune` first (it writes "
                            "RUNS_DIR/tuned.toml), or pass --hparams path/to/tuned.toml")
-    try:
-        with open(path, "rb") as fh:
-            doc = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise KdbenchError(f"{path} is not valid TOML: {exc}") from None
+    doc = read_toml(path)
     if doc.get("meta", {}).get("format") != FORMAT or not isinstance(doc.get("rows", {}), dict):
         raise KdbenchError(f"{path} is not a tuned file written by `kdbench tune` (no [meta] format = "
                            f"{FORMAT!r}): pass the tuned.toml that `kdbench tune` wrote")
