@@ -323,3 +323,12 @@ def test_front_labels_close_points_of_one_arch_once_top_to_bottom():
     t_ax, r_ax = fig.axes[:2]
     assert sorted(a.get_text() for a in t_ax.texts) == ["sckd\nbaseline", "teacher", "vanilla"]
     assert sorted(a.get_text() for a in r_ax.texts) == ["sckd", "teacher", "vanilla\nbaseline"]
+
+
+def test_front_plot_caption_names_the_device_not_students():
+    from kdbench.reports.html import plot_caption
+
+    caption = plot_caption("front-synthetic-Test_CPU__cpu__onnxruntime_224")
+    assert caption.startswith("Synthetic scenes (Test CPU cpu onnxruntime 224): accuracy-latency front")
+    assert "students" not in caption.split(":")[0]
+    assert plot_caption("profile-synthetic-resnet18").startswith("Synthetic scenes (resnet18 students): ")

@@ -229,8 +229,10 @@ def plot_caption(stem: str) -> str:
         return f"{lb.GROUP_TITLES.get(group, group)}: critical-difference diagram of the mean ranks ({what})"
     for prefix, title in PLOT_TITLES:
         if stem.startswith(prefix):
-            subject, _, arch = stem[len(prefix):].partition("-")  # profile-<group>[-<arch>]
-            return f"{lb.GROUP_TITLES.get(subject, subject)}{f' ({arch} students)' if arch else ''}: {title}"
+            subject, _, rest = stem[len(prefix):].partition("-")  # <prefix><group>[-<arch> or -<device>]
+            device = " ".join(rest.replace("_", " ").split())  # front-<group>-<device slug>
+            what = {"profile-": f" ({rest} students)", "front-": f" ({device})"}.get(prefix, "")
+            return f"{lb.GROUP_TITLES.get(subject, subject)}{what if rest else ''}: {title}"
     return stem
 
 
